@@ -1,0 +1,3 @@
+from predq.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Code shared by predq's API and workers: settings, schemas, registry, job store."""

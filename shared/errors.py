@@ -1,0 +1,81 @@
+"""Named errors of predq. Only ``api/`` turns them into HTTP problem details."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PredqError(Exception):
+    """Base of predq's errors. ``status`` and ``title`` say how the API should answer."""
+
+    status = 400
+    title = "Bad request"
+    type_ = "about:blank"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+
+
+class ModelNotFound(PredqError):
+    status = 404
+    title = "Model not found"
+
+
+class VersionNotFound(PredqError):
+    status = 404
+    title = "Model version not found"
+
+
+class JobNotFound(PredqError):
+    status = 404
+    title = "Job not found"
+
+
+class JobExpired(JobNotFound):
+    title = "Job expired"
+
+
+class JobConflict(PredqError):
+    status = 409
+    title = "Conflict"
+
+
+class InvalidInput(PredqError):
+    status = 422
+    title = "Invalid input"
+
+
+class PayloadTooLarge(PredqError):
+    status = 413
+    title = "Payload too large"
+
+
+class QueueFull(PredqError):
+    status = 429
+    title = "Queue full"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class RegistryError(PredqError):
+    """The registry is inconsistent or an artifact cannot be registered."""
+
+    status = 500
+    title = "Registry error"
+
+
+class IntegrityError(RegistryError):
+    """A model file's sha256 does not match its manifest, or the file is missing."""
+
+    title = "Model integrity check failed"
+
+
+class UnsupportedModel(RegistryError):
+    """The estimator cannot be served (no predict, unknown task, ...)."""
+
+    status = 422
+    title = "Unsupported model"

@@ -1,0 +1,63 @@
+"""Every Redis key predq writes, and every TTL, defined once.
+
+All keys start with the settings' ``key_prefix`` so that several deployments (or test
+sessions) can share one Redis without touching each other's data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Channel on which workers publish the ids of jobs that reached a terminal state;
+#: the API's long-poll waiters listen on it.
+DONE_CHANNEL = "done"
+
+#: How long an Idempotency-Key maps to its job: as long as the job itself is kept.
+#: (The TTL is the settings' ``result_ttl_s``; no other TTL exists.)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        """Hash of one job: status, timestamps, inputs (until done), outputs, error."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def idempotency(self, owner: str, key: str) -> str:
+        """String: the job id created for (owner, Idempotency-Key)."""
+        return f"{self.prefix}:idem:{owner}:{key}"
+
+    def done_channel(self) -> str:
+        """Pub/sub channel carrying the ids of jobs that just ended."""
+        return f"{self.prefix}:{DONE_CHANNEL}"
+
+    def batch_stats(self) -> str:
+        """Hash of batch statistics (histogram of jobs per predict call) for operators/tests."""
+        return f"{self.prefix}:stats:batches"
+
+    def recent_batches(self) -> str:
+        """List of the last batch sizes, newest first, capped (see RECENT_BATCHES)."""
+        return f"{self.prefix}:stats:recent_batches"
+
+    def queued_rows(self, model: str) -> str:
+        """Counter of rows queued and not yet started for one model (backpressure)."""
+        return f"{self.prefix}:qrows:{model}"
+
+    def drain(self, model: str) -> str:
+        """Hash of the measured drain rate of one model (rows/s), for Retry-After and ETAs."""
+        return f"{self.prefix}:drain:{model}"
+
+    def webhook_dead(self) -> str:
+        """Sorted set of job ids whose webhook exhausted its attempts (dead letters)."""
+        return f"{self.prefix}:webhook:dead"
+
+    def workers_alive(self) -> str:
+        """Sorted set of worker heartbeats (score: unix time), read by /readyz."""
+        return f"{self.prefix}:workers"
+
+
+#: How many recent batch sizes are kept in ``recent_batches``.
+RECENT_BATCHES = 1000

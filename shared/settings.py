@@ -1,0 +1,180 @@
+"""All of predq's knobs, read from ``PREDQ_*`` environment variables or a ``.env`` file.
+
+Build them with :func:`get_settings` (cached) and pass them in; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Settings(BaseSettings):
+    """Every ``PREDQ_`` setting, with a default that works out of the box on one machine."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PREDQ_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # -- where things are ----------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss:// or sentinel://)."
+    )
+    registry_root: Path = Field(
+        Path(".predq/registry"), description="Directory of the model registry."
+    )
+    key_prefix: str = Field(
+        "predq", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key."
+    )
+
+    # -- queues and routing --------------------------------------------------------
+    default_queue: str = Field("predq", pattern=_NAME_RE, description="Queue of predict jobs.")
+    webhook_queue: str = Field(
+        "predq.webhooks", pattern=_NAME_RE, description="Queue of webhook deliveries."
+    )
+    model_queues: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON map of model name to queue, e.g. {"churn": "predq.churn"}.',
+    )
+
+    # -- micro-batching ------------------------------------------------------------
+    max_batch_jobs: PositiveInt = Field(256, description="Flush a batch at this many jobs.")
+    max_batch_rows: PositiveInt = Field(
+        20_000, description="Flush at this many rows; also the chunk size of one predict call."
+    )
+    max_wait_ms: float = Field(
+        10.0, ge=0, description="Longest a buffered job waits for a batch while the pool is busy."
+    )
+    worker_concurrency: PositiveInt = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        description="Prefork pool processes per worker (default: CPU count).",
+    )
+    model_cache_size: PositiveInt = Field(8, description="Models kept loaded per process.")
+
+    # -- limits ----------------------------------------------------------------------
+    max_rows_per_job: PositiveInt = Field(100_000, description="Most rows in one job.")
+    max_body_bytes: PositiveInt = Field(
+        32 * 1024 * 1024, description="Largest request body accepted (413 above it)."
+    )
+    max_string_length: PositiveInt = Field(1024, description="Longest string feature value.")
+    max_metadata_bytes: PositiveInt = Field(16 * 1024, description="Largest job metadata.")
+    limit_concurrency: PositiveInt = Field(
+        1000, description="Most concurrent connections per API process (uvicorn)."
+    )
+
+    # -- results -----------------------------------------------------------------------
+    result_ttl_s: PositiveInt = Field(
+        86_400, description="Seconds a job record and its result are kept."
+    )
+    sync_wait_s: PositiveFloat = Field(
+        10.0, description="Default wait of POST /predict before it answers 202."
+    )
+    max_wait_s: PositiveFloat = Field(60.0, description="Cap on ?wait= of GET and /predict.")
+
+    # -- reliability -----------------------------------------------------------------
+    job_time_limit_s: PositiveFloat = Field(
+        300.0, description="Hard time limit of one batch; its jobs fail past it."
+    )
+    max_deliveries: PositiveInt = Field(
+        3, description="A job delivered this many times without finishing is failed (poison)."
+    )
+    visibility_timeout_s: PositiveInt = Field(
+        600, description="Unacked messages of a dead worker are redelivered after this."
+    )
+    queue_max_rows: PositiveInt = Field(
+        2_000_000, description="Rows queued per model before new jobs get 429."
+    )
+
+    # -- webhooks ----------------------------------------------------------------------
+    webhook_secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated whsec_ secrets; every one signs (rotation).",
+    )
+    webhook_timeout_s: PositiveFloat = Field(10.0, description="Timeout of one delivery.")
+    webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000],
+        description="Comma-separated delays of the attempts, in seconds.",
+    )
+    webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts or CIDRs exempt from the SSRF guard (e.g. 127.0.0.1 for dev).",
+    )
+    webhook_max_response_bytes: PositiveInt = Field(
+        4096, description="Most bytes read of a receiver's response."
+    )
+
+    # -- API -----------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated 'sha256hex:scope+scope' entries; never plaintext keys.",
+    )
+    auth_enabled: bool = Field(True, description="Require Authorization: Bearer keys.")
+    rate_limit: str = Field("6000/minute", description="Per-key rate limit (limits syntax).")
+    log_json: bool = Field(False, description="Log one JSON object per line.")
+    log_level: str = Field("INFO", description="Log level of api and worker.")
+    log_inputs: bool = Field(False, description="Include input rows in debug logs.")
+
+    # -- Flower ------------------------------------------------------------------------
+    flower_basic_auth: str | None = Field(
+        None, description="user:password for Flower; required when it listens beyond loopback."
+    )
+
+    @field_validator("webhook_secrets", "webhook_allow_hosts", "api_keys", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("webhook_retry_schedule_s", mode="before")
+    @classmethod
+    def _split_floats(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [float(part) for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _check_secrets(cls, v: list[str]) -> list[str]:
+        import base64
+        import binascii
+
+        for secret in v:
+            if not secret.startswith("whsec_"):
+                raise ValueError("webhook secrets must look like whsec_<base64>")
+            try:
+                raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            except binascii.Error as e:
+                raise ValueError("webhook secret is not valid base64") from e
+            if not 24 <= len(raw) <= 64:
+                raise ValueError("webhook secret must hold 24 to 64 random bytes")
+            if len(set(raw)) < 8:
+                raise ValueError("webhook secret looks like a placeholder, not random bytes")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    def queue_for(self, model: str) -> str:
+        """The Celery queue that serves ``model``."""
+        return self.model_queues.get(model, self.default_queue)
+
+    def all_predict_queues(self) -> list[str]:
+        return sorted({self.default_queue, *self.model_queues.values()})
+
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, built once from the environment."""
+    return Settings()
