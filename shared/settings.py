@@ -9,12 +9,26 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+Scope = Literal["jobs:write", "jobs:read", "models:read", "admin"]
+ALL_SCOPES: tuple[Scope, ...] = ("jobs:write", "jobs:read", "models:read", "admin")
+
+
+class ApiKeySpec(BaseModel):
+    """One API key: its owner name, the sha256 hex digest of the key, and its scopes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: tuple[Scope, ...] = ("jobs:write", "jobs:read", "models:read")
 
 
 class Settings(BaseSettings):
@@ -112,9 +126,9 @@ class Settings(BaseSettings):
     )
 
     # -- API -----------------------------------------------------------------------------
-    api_keys: Annotated[list[str], NoDecode] = Field(
+    api_keys: list[ApiKeySpec] = Field(
         default_factory=list,
-        description="Comma-separated 'sha256hex:scope+scope' entries; never plaintext keys.",
+        description='JSON list of {"name", "sha256", "scopes"}: keys are stored only as hashes.',
     )
     auth_enabled: bool = Field(True, description="Require Authorization: Bearer keys.")
     rate_limit: str = Field("6000/minute", description="Per-key rate limit (limits syntax).")
@@ -127,7 +141,7 @@ class Settings(BaseSettings):
         None, description="user:password for Flower; required when it listens beyond loopback."
     )
 
-    @field_validator("webhook_secrets", "webhook_allow_hosts", "api_keys", mode="before")
+    @field_validator("webhook_secrets", "webhook_allow_hosts", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):

@@ -1,0 +1,69 @@
+"""The FastAPI application: ``create_app()`` (uvicorn's factory)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from api import openapi, problems
+from api.deps import AppState
+from api.routes import health, jobs, models
+from api.waiters import Waiters
+from shared.auth import KeyRing
+from shared.jobs import AsyncJobs
+from shared.keys import Keys
+from shared.registry import Registry
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("predq.api")
+
+DESCRIPTION = """Queue-backed, micro-batching predictions for scikit-learn models.
+
+Submit rows to `POST /v1/models/{name}/jobs` (202 at once) and read the result with
+`GET /v1/jobs/{id}?wait=30`, or call `POST /v1/models/{name}/predict` for a synchronous
+answer. Every error is `application/problem+json`. Each registered model's own schema is
+listed under its tag below.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; Redis and the other resources are opened in the lifespan."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
+            health_check_interval=10, max_connections=settings.limit_concurrency + 50,
+        )
+        waiters = Waiters(client, Keys(settings.key_prefix).done_channel())
+        app.state.predq = AppState(
+            settings=settings, redis=client, jobs=AsyncJobs(client, settings),
+            registry=Registry(settings.registry_root), waiters=waiters,
+            keyring=KeyRing(settings), schemas={},
+        )
+        for hook in app.state.predq_startup_hooks:
+            hook(app.state.predq)
+        waiters.start()
+        try:
+            yield
+        finally:
+            await waiters.stop()
+            await client.aclose()
+
+    app = FastAPI(
+        title="predq", version="1.0", description=DESCRIPTION, lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+        responses={500: {"description": "Unexpected error (logged)"}},
+    )
+    app.state.predq_startup_hooks = []
+    problems.install(app)
+    app.include_router(models.router)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    openapi.install(app)
+    return app

@@ -1,0 +1,107 @@
+"""Request dependencies: settings, the job service, the registry, and the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.waiters import Waiters
+from shared.auth import ANONYMOUS, KeyRing, Principal
+from shared.errors import ModelNotFound, PredqError
+from shared.jobs import AsyncJobs
+from shared.registry import Manifest, Registry
+from shared.schema import ModelSchema
+from shared.settings import Settings
+
+
+class Unauthorized(PredqError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(PredqError):
+    status = 403
+    title = "Forbidden"
+
+
+@dataclass
+class AppState:
+    """Everything the routes share, created in the lifespan and closed on shutdown."""
+
+    settings: Settings
+    redis: Any
+    jobs: AsyncJobs
+    registry: Registry
+    waiters: Waiters
+    keyring: KeyRing
+    schemas: dict[tuple[str, str, str], ModelSchema]
+    #: Checks a webhook spec at submit time (raises InvalidInput); None: no check.
+    webhook_guard: Callable[[Any], None] | None = None
+
+    async def queue_info(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Extra fields for a queued job (position, ETA); empty when unknown."""
+        return {}
+
+    def schema_for(self, manifest: Manifest) -> ModelSchema:
+        key = (manifest.name, manifest.version, manifest.sha256)
+        schema = self.schemas.get(key)
+        if schema is None:
+            s = self.settings
+            schema = ModelSchema(manifest, max_rows=s.max_rows_per_job,
+                                 max_string=s.max_string_length,
+                                 max_metadata_bytes=s.max_metadata_bytes)
+            self.schemas[key] = schema
+        return schema
+
+    def resolve(self, name: str, version: str | None) -> Manifest:
+        try:
+            return self.registry.resolve(name, version)
+        except PredqError:
+            raise
+        except (OSError, ValueError) as e:
+            raise ModelNotFound(f"no model {name!r}") from e
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.predq
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer pq_...`")
+
+
+def require(scope: str) -> Callable[..., Principal]:
+    """A dependency that authenticates the caller (before any body is read) and checks scope."""
+
+    def dep(state: StateDep,
+            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+            ) -> Principal:
+        if not state.keyring.enabled:
+            return ANONYMOUS
+        if creds is None or creds.scheme.lower() != "bearer":
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        principal = state.keyring.authenticate(creds.credentials)
+        if principal is None:
+            raise Unauthorized("unknown API key")
+        if scope not in principal.scopes and not principal.is_admin:
+            raise Forbidden(f"this key lacks the {scope!r} scope")
+        return principal
+
+    return dep
+
+
+JobsWrite = Annotated[Principal, Depends(require("jobs:write"))]
+JobsRead = Annotated[Principal, Depends(require("jobs:read"))]
+ModelsRead = Annotated[Principal, Depends(require("models:read"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+def owner_filter(principal: Principal) -> str | None:
+    """The owner whose jobs the caller may see (None: all, for admins)."""
+    return None if principal.is_admin else principal.name

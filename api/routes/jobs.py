@@ -1,0 +1,212 @@
+"""Job routes: submit (async and sync), read with long-poll, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from api.deps import AppState, JobsRead, JobsWrite, ModelsRead, StateDep, owner_filter
+from api.render import job_json, job_links, json_response
+from api.schemas import BatchStats, Job, JobAccepted, PredictResult, Problem
+from shared.errors import InvalidInput, PayloadTooLarge, PredqError
+from shared.jobs import is_terminal
+from shared.schema import ParsedJob, is_json_error
+
+router = APIRouter(tags=["jobs"])
+
+#: Bodies above this are validated in a worker thread, so one huge job does not stall the
+#: event loop for everyone else.
+_THREAD_BODY_BYTES = 256 * 1024
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+}
+_BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/JobRequest"}}}}}
+
+WaitQuery = Annotated[float | None, Query(ge=0, description="Seconds to hold the request.")]
+IdemHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255,
+                                          pattern=r"^[\x21-\x7e]+$")]
+
+
+class UnsupportedMediaType(PredqError):
+    status = 415
+    title = "Unsupported media type"
+
+
+class MalformedJson(PredqError):
+    status = 400
+    title = "Malformed JSON"
+
+
+async def _read_body(request: Request, state: AppState) -> bytes:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"send Content-Type: application/json, not {ctype!r}")
+    limit = state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    body = await request.body()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is {len(body)} bytes; the limit is {limit}")
+    return body
+
+
+def _requested_version(body: bytes) -> str | None:
+    """The body's top-level ``version``, found without parsing when it is absent."""
+    if b'"version"' not in body:
+        return None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise MalformedJson(f"the body is not valid JSON: {e}") from e
+    version = obj.get("version") if isinstance(obj, dict) else None
+    if version is not None and not isinstance(version, str):
+        raise InvalidInput("version must be a string", errors=[
+            {"loc": ["body", "version"], "msg": "Input should be a valid string",
+             "type": "string_type"}])
+    return version
+
+
+async def _parse(request: Request, state: AppState, name: str, *, allow_webhook: bool
+                 ) -> tuple[Any, ParsedJob, bytes]:
+    body = await _read_body(request, state)
+    manifest = state.resolve(name, _requested_version(body))
+    schema = state.schema_for(manifest)
+    try:
+        if len(body) > _THREAD_BODY_BYTES:
+            parsed = await run_in_threadpool(schema.parse, body, allow_webhook=allow_webhook)
+        else:
+            parsed = schema.parse(body, allow_webhook=allow_webhook)
+    except InvalidInput as e:
+        if is_json_error(e):
+            raise MalformedJson(f"the body is not valid JSON: {e.errors[0]['msg']}") from e
+        raise
+    if parsed.webhook is not None and state.webhook_guard is not None:
+        state.webhook_guard(parsed.webhook)
+    return manifest, parsed, body
+
+
+async def wait_for(state: AppState, job_id: str, owner: str | None, timeout: float
+                   ) -> dict[str, Any]:
+    """The job once it ended or ``timeout`` seconds passed, whichever is first."""
+    async with state.waiters.register(job_id) as ended:
+        job = await state.jobs.read(job_id, owner)
+        deadline = time.monotonic() + timeout
+        while not is_terminal(job) and (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(ended.wait(), left)
+            except TimeoutError:
+                break
+            ended.clear()
+            job = await state.jobs.read(job_id, owner)
+    return job
+
+
+def _accepted(job_id: str, manifest: Any, parsed: ParsedJob, created_at: str,
+              replayed: bool) -> Response:
+    body = {"id": job_id, "status": "queued", "model": manifest.name,
+            "version": manifest.version, "n_inputs": parsed.n_rows, "created_at": created_at,
+            "links": job_links(job_id)}
+    headers = {"Location": f"/v1/jobs/{job_id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(orjson.dumps(body), 202, headers)
+
+
+@router.post("/v1/models/{name}/jobs", status_code=202, response_model=JobAccepted,
+             responses=_ERRORS, openapi_extra=_BODY_DOC)
+async def submit_job(name: str, request: Request, state: StateDep, principal: JobsWrite,
+                     idempotency_key: IdemHeader = None) -> Response:
+    """Submit a list of inputs; answers 202 with the job's location at once."""
+    manifest, parsed, body = await _parse(request, state, name, allow_webhook=True)
+    job_id, created, created_at = await state.jobs.submit(
+        model=manifest.name, version=manifest.version, parsed=parsed, owner=principal.name,
+        idempotency_key=idempotency_key, fingerprint_of=body)
+    if not created:
+        job = await state.jobs.read(job_id, None)
+        return _accepted(job_id, manifest, parsed, job["created_at"], True)
+    return _accepted(job_id, manifest, parsed, created_at, False)
+
+
+@router.post("/v1/models/{name}/predict", response_model=PredictResult,
+             responses={202: {"model": JobAccepted}, **_ERRORS},
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
+async def predict(name: str, request: Request, state: StateDep, principal: JobsWrite,
+                  wait: WaitQuery = None, idempotency_key: IdemHeader = None) -> Response:
+    """Predict synchronously through the same queue; 202 if it takes longer than the wait."""
+    manifest, parsed, body = await _parse(request, state, name, allow_webhook=False)
+    s = state.settings
+    timeout = min(s.sync_wait_s if wait is None else wait, s.max_wait_s)
+    new_id = str(uuid.uuid4())
+    async with state.waiters.register(new_id):
+        job_id, _, _ = await state.jobs.submit(
+            model=manifest.name, version=manifest.version, parsed=parsed, owner=principal.name,
+            idempotency_key=idempotency_key, fingerprint_of=body, job_id=new_id)
+        job = await wait_for(state, job_id, principal.name, timeout)
+    if job["status"] == "succeeded":
+        head = orjson.dumps({"model": job["model"], "version": job["version"],
+                             "job_id": job_id})
+        return json_response(b"".join([head[:-1], b',"outputs":', job["outputs"], b"}"]))
+    if job["status"] in ("queued", "running"):
+        return json_response(job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"})
+    return _failed_problem(job)
+
+
+def _failed_problem(job: dict[str, Any]) -> Response:
+    from api.problems import problem
+
+    err = job.get("error") or {}
+    if job["status"] in ("cancelled", "expired"):
+        return problem(409, "Job did not run", f"job {job['id']} was {job['status']}")
+    status = 422 if err.get("type") in ("PredictError", "OutputMismatch") else 503
+    return problem(status, "Prediction failed",
+                   f"job {job['id']} failed: {err.get('type')}: {err.get('message')}")
+
+
+@router.get("/v1/jobs/{job_id}", response_model=Job, responses=_ERRORS)
+async def get_job(job_id: str, state: StateDep, principal: JobsRead, wait: WaitQuery = None
+                  ) -> Response:
+    """Read a job; ``?wait=S`` holds the request until it ends or S seconds pass."""
+    owner = owner_filter(principal)
+    if wait:
+        job = await wait_for(state, job_id, owner, min(wait, state.settings.max_wait_s))
+    else:
+        job = await state.jobs.read(job_id, owner)
+    return json_response(job_json(job, await state.queue_info(job)))
+
+
+@router.delete("/v1/jobs/{job_id}", response_model=Job, responses=_ERRORS)
+async def cancel_job(job_id: str, state: StateDep, principal: JobsWrite) -> Response:
+    """Cancel a job that has not ended; 409 if it already did."""
+    job = await state.jobs.cancel(job_id, owner_filter(principal))
+    return json_response(job_json(job))
+
+
+@router.get("/v1/stats/batches", response_model=BatchStats, tags=["operations"])
+async def batch_stats(state: StateDep, _: ModelsRead) -> dict[str, Any]:
+    """Micro-batch statistics: how many jobs each predict batch merged."""
+    keys = state.jobs.keys
+    async with state.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.batch_stats())
+        pipe.lrange(keys.recent_batches(), 0, 99)
+        raw, recent = await pipe.execute()
+    stats = {k.decode(): int(v) for k, v in raw.items()}
+    hist = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("jobs_per_batch:")}
+    return {
+        "batches": stats.get("batches", 0), "predict_calls": stats.get("predict_calls", 0),
+        "jobs": stats.get("jobs", 0), "rows": stats.get("rows", 0),
+        "jobs_per_batch": dict(sorted(hist.items(), key=lambda kv: int(kv[0]))),
+        "recent": [dict(zip(("jobs", "rows"), map(int, r.decode().split(",")), strict=True))
+                   for r in recent],
+    }

@@ -1,0 +1,115 @@
+"""The API's side of the job store: submit, read, cancel (asyncio Redis).
+
+One submit is one Lua call (job record + Celery message + counters): one round trip, no model
+code, no Celery client. A read is one pipeline (HMGET + PTTL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from shared.errors import JobConflict, JobNotFound
+from shared.keys import Keys
+from shared.messages import predict_message
+from shared.schema import ParsedJob
+from shared.settings import Settings
+from shared.store import QUEUED, TERMINAL, VIEW_FIELDS, Scripts, decode_fields, now_iso
+
+
+class AsyncJobs:
+    """Job operations over an asyncio Redis client."""
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.scripts = Scripts(client, self.keys)
+
+    async def submit(self, *, model: str, version: str, parsed: ParsedJob, owner: str,
+                     idempotency_key: str | None, fingerprint_of: bytes,
+                     job_id: str | None = None) -> tuple[str, bool, str]:
+        """Create and enqueue a job; returns (job_id, created, created_at). With an Idempotency-Key that was
+        seen before, returns the earlier job (created False), or raises JobConflict when the
+        earlier request's body differed."""
+        job_id = job_id or str(uuid.uuid4())
+        created_at = now_iso()
+        cancel_after = parsed.cancel_after
+        fingerprint = hashlib.sha256(fingerprint_of).hexdigest()[:32]
+        queue = self.settings.queue_for(model)
+        fields: dict[str, Any] = {
+            "status": QUEUED,
+            "model": model,
+            "version": version,
+            "n_inputs": parsed.n_rows,
+            "created_at": created_at,
+            "owner": owner,
+            "inputs": parsed.inputs,
+            "queue": queue,
+            "metadata": orjson.dumps(parsed.metadata) if parsed.metadata is not None else None,
+            "webhook": parsed.webhook.model_dump_json() if parsed.webhook else None,
+            "cancel_after": time.time() + cancel_after if cancel_after else None,
+        }
+        idem = self.keys.idempotency(owner, idempotency_key) if idempotency_key else None
+        got_id, got_fp = await self.scripts.submit(
+            job_id=job_id, fields=fields,
+            message=predict_message(job_id, model, version, parsed.n_rows, queue),
+            queue=queue, model=model, n_rows=parsed.n_rows, ttl=self.settings.result_ttl_s,
+            idempotency_key=idem, fingerprint=fingerprint,
+        )
+        got_id = got_id.decode() if isinstance(got_id, bytes) else got_id
+        got_fp = got_fp.decode() if isinstance(got_fp, bytes) else got_fp
+        if got_id != job_id and got_fp != fingerprint:
+            raise JobConflict(
+                "this Idempotency-Key was already used with a different request body",
+            )
+        return got_id, got_id == job_id, created_at
+
+    async def read(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        """The job's fields (``outputs`` as raw JSON bytes) plus ``expires_in`` seconds.
+
+        Raises JobNotFound when it does not exist, has expired, or belongs to another owner
+        (``owner=None`` skips that check: admin).
+        """
+        if not _valid_id(job_id):
+            raise JobNotFound(f"no job {job_id!r}")
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.job(job_id), VIEW_FIELDS)
+            pipe.pttl(self.keys.job(job_id))
+            raw, pttl = await pipe.execute()
+        if raw[0] is None:
+            raise JobNotFound(
+                f"no job {job_id!r}: it does not exist, or it expired after the result TTL "
+                f"({self.settings.result_ttl_s} s)")
+        job = decode_fields(raw)
+        if owner is not None and job["owner"] not in (owner, None):
+            raise JobNotFound(f"no job {job_id!r}")
+        job["id"] = job_id
+        job["expires_in"] = pttl / 1000 if pttl and pttl > 0 else None
+        return job
+
+    async def cancel(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        """Cancel a queued or running job; JobConflict if it already ended."""
+        job = await self.read(job_id, owner)
+        status = await self.scripts.cancel(job_id, job["model"])
+        status = status.decode() if isinstance(status, bytes) else status
+        if status == "":
+            raise JobNotFound(f"no job {job_id!r}")
+        if status != "cancelled":
+            raise JobConflict(f"job {job_id} already ended with status {status!r}")
+        return await self.read(job_id, owner)
+
+
+def _valid_id(job_id: str) -> bool:
+    try:
+        return str(uuid.UUID(job_id)) == job_id
+    except ValueError:
+        return False
+
+
+def is_terminal(job: dict[str, Any]) -> bool:
+    return job["status"] in TERMINAL

@@ -1,0 +1,213 @@
+"""Job records in Redis.
+
+A job is one hash (see ``shared.keys.Keys.job``). Every status change is a Lua script, so
+that a cancel, a finish, a redelivery and an expiry are each atomic: exactly one of them
+wins, and a job that is ``cancelled`` never turns ``succeeded`` behind the client's back.
+
+The API uses an asyncio client and the worker a blocking one; both call the same scripts
+through :class:`Scripts`, whose calls return whatever the client returns (a value, or an
+awaitable of it).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from shared.keys import Keys
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED = (
+    "queued", "running", "succeeded", "failed", "cancelled", "expired",
+)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
+
+# KEYS: job, idempotency ("" for none), queue list, queued-rows counter
+# ARGV: job_id, ttl, message, n_rows, fingerprint, field1, value1, ...
+# Returns {job_id, fingerprint}: the new job's, or the one already created for that key.
+_SUBMIT = """
+if KEYS[2] ~= '' then
+  local prior = redis.call('GET', KEYS[2])
+  if prior then
+    local sep = string.find(prior, '|', 1, true)
+    return {string.sub(prior, 1, sep - 1), string.sub(prior, sep + 1)}
+  end
+  redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[2])
+end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('LPUSH', KEYS[3], ARGV[3])
+redis.call('INCRBY', KEYS[4], ARGV[4])
+return {ARGV[1], ARGV[5]}
+"""
+
+# KEYS: the batch's job hashes.  ARGV: now_iso, now_unix, max_deliveries, channel, qrows keys...
+# For each job returns {code, inputs, webhook}: code is 'ok' (claimed; now running), or the reason it
+# is skipped: 'missing', a terminal status, 'expired' (deadline passed), 'poison'.
+_CLAIM = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local st = redis.call('HGET', key, 'status')
+  local qrows = ARGV[4 + i]
+  if not st then
+    out[i] = {'missing', ''}
+  elseif st ~= 'queued' and st ~= 'running' then
+    out[i] = {st, ''}
+  else
+    if st == 'queued' then
+      redis.call('DECRBY', qrows, redis.call('HGET', key, 'n_inputs'))
+    end
+    local deadline = redis.call('HGET', key, 'cancel_after')
+    local n = redis.call('HINCRBY', key, 'deliveries', 1)
+    if st == 'queued' and deadline and tonumber(ARGV[2]) > tonumber(deadline) then
+      redis.call('HSET', key, 'status', 'expired', 'finished_at', ARGV[1],
+                 'error', '{"type":"Expired","message":"cancel_after passed while queued"}')
+      redis.call('HDEL', key, 'inputs')
+      redis.call('PUBLISH', ARGV[4], string.sub(key, string.find(key, ':job:', 1, true) + 5))
+      out[i] = {'expired', ''}
+    elseif n > tonumber(ARGV[3]) then
+      redis.call('HSET', key, 'status', 'failed', 'finished_at', ARGV[1], 'error',
+        '{"type":"PoisonJob","message":"delivered ' .. (n - 1) ..
+        ' times without finishing (its worker died each time); not retried again"}')
+      redis.call('HDEL', key, 'inputs')
+      redis.call('PUBLISH', ARGV[4], string.sub(key, string.find(key, ':job:', 1, true) + 5))
+      out[i] = {'poison', ''}
+    else
+      if st == 'queued' then
+        redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1])
+      end
+      local f = redis.call('HMGET', key, 'inputs', 'webhook')
+      out[i] = {'ok', f[1] or '', f[2] or ''}
+    end
+  end
+end
+return out
+"""
+
+# KEYS: job hashes.  ARGV: now_iso, ttl, channel, then per job 5 values:
+# status, field ('outputs' or 'error'), payload, webhook queue ('' for none), webhook message.
+# A job is finished only while it is 'running'; returns 1 per job finished, 0 if discarded.
+_FINISH = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local b = 3 + (i - 1) * 5
+  if redis.call('HGET', key, 'status') == 'running' then
+    redis.call('HSET', key, 'status', ARGV[b + 1], 'finished_at', ARGV[1], ARGV[b + 2], ARGV[b + 3])
+    redis.call('HDEL', key, 'inputs')
+    redis.call('EXPIRE', key, ARGV[2])
+    if ARGV[b + 4] ~= '' then redis.call('LPUSH', ARGV[b + 4], ARGV[b + 5]) end
+    redis.call('PUBLISH', ARGV[3], string.sub(key, string.find(key, ':job:', 1, true) + 5))
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# KEYS: job hash, queued-rows counter.  ARGV: now_iso, channel, job_id.
+# Returns the status after the call: 'cancelled', or the terminal status that made it
+# impossible, or '' when the job does not exist.
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return '' end
+if st ~= 'queued' and st ~= 'running' then return st end
+if st == 'queued' then
+  redis.call('DECRBY', KEYS[2], redis.call('HGET', KEYS[1], 'n_inputs'))
+end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'inputs')
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 'cancelled'
+"""
+
+#: Fields of the job hash returned by GET (``inputs`` is never read back by the API).
+VIEW_FIELDS = (
+    "status", "model", "version", "n_inputs", "created_at", "started_at", "finished_at",
+    "error", "metadata", "webhook", "owner", "cancel_after", "webhook_state", "outputs",
+)
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with microseconds and a Z."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Scripts:
+    """The job-store scripts bound to one Redis client (sync or asyncio)."""
+
+    def __init__(self, client: Any, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._submit = client.register_script(_SUBMIT)
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+
+    def submit(self, *, job_id: str, fields: dict[str, Any], message: bytes, queue: str,
+               model: str, n_rows: int, ttl: int, idempotency_key: str | None = None,
+               fingerprint: str = "") -> Any:
+        """Write the job and publish its message; returns ``[job_id, fingerprint]``."""
+        flat: list[Any] = []
+        for k, v in fields.items():
+            if v is not None:
+                flat += [k, v]
+        return self._submit(
+            keys=[self.keys.job(job_id), idempotency_key or "", queue,
+                  self.keys.queued_rows(model)],
+            args=[job_id, ttl, message, n_rows, fingerprint, *flat],
+        )
+
+    def claim(self, job_ids: list[str], models: list[str], max_deliveries: int) -> Any:
+        return self._claim(
+            keys=[self.keys.job(j) for j in job_ids],
+            args=[now_iso(), time.time(), max_deliveries, self.keys.done_channel(),
+                  *(self.keys.queued_rows(m) for m in models)],
+        )
+
+    def finish(self, results: list[tuple[str, str, str, bytes, str, bytes]], ttl: int,
+               client: Any = None) -> Any:
+        """Finish jobs given as (job_id, status, field, payload, webhook_queue, message).
+
+        ``client`` may be a pipeline, to send this with other commands in one round trip.
+        """
+        args: list[Any] = [now_iso(), ttl, self.keys.done_channel()]
+        for _, status, field, payload, wq, msg in results:
+            args += [status, field, payload, wq, msg]
+        return self._finish(keys=[self.keys.job(r[0]) for r in results], args=args,
+                            client=client)
+
+    def cancel(self, job_id: str, model: str) -> Any:
+        return self._cancel(
+            keys=[self.keys.job(job_id), self.keys.queued_rows(model)],
+            args=[now_iso(), self.keys.done_channel(), job_id],
+        )
+
+
+def error_payload(kind: str, message: str) -> bytes:
+    """The stored form of a job's error."""
+    return orjson.dumps({"type": kind, "message": message})
+
+
+def decode_fields(raw: list[bytes | None]) -> dict[str, Any]:
+    """A job hash read with HMGET(VIEW_FIELDS), decoded; ``outputs`` stays raw JSON bytes."""
+    out: dict[str, Any] = {}
+    for name, value in zip(VIEW_FIELDS, raw, strict=True):
+        if value is None:
+            out[name] = None
+        elif name == "outputs":
+            out[name] = value
+        elif name in ("error", "metadata", "webhook", "webhook_state"):
+            out[name] = orjson.loads(value)
+        elif name == "n_inputs":
+            out[name] = int(value)
+        elif name == "cancel_after":
+            out[name] = float(value)
+        else:
+            out[name] = value.decode()
+    return out

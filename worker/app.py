@@ -1,0 +1,104 @@
+"""The Celery application of the workers: ``create_app(settings)``.
+
+Nothing is built at import time: ``predq worker`` builds the app from the settings and
+starts it; the prefork pool's processes inherit it by fork and create their own Redis
+client and model cache on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu import Queue
+
+from shared.keys import Keys
+from shared.messages import PREDICT_TASK
+from shared.registry import Registry
+from shared.settings import Settings
+from shared.store import Scripts
+from worker.batching import PredictBatches
+from worker.cache import ModelCache
+from worker.predict import BatchPredictor
+
+log = logging.getLogger("predq.worker")
+
+
+class _ProcessState:
+    """Per-process resources, created after fork (a Redis connection must not be shared)."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.predictor: BatchPredictor | None = None
+
+    def get(self, settings: Settings) -> BatchPredictor:
+        if self.predictor is None or self.pid != os.getpid():
+            client = redis.Redis.from_url(settings.redis_url, health_check_interval=30,
+                                          socket_keepalive=True, retry_on_timeout=True)
+            cache = ModelCache(Registry(settings.registry_root), settings.model_cache_size)
+            self.predictor = BatchPredictor(Scripts(client, Keys(settings.key_prefix)),
+                                            settings, cache)
+            self.pid = os.getpid()
+        return self.predictor
+
+
+def prefetch_multiplier(settings: Settings) -> int:
+    """Enough prefetched messages to fill a batch per pool process and one more buffering."""
+    return max(1, math.ceil(settings.max_batch_jobs * (settings.worker_concurrency + 1)
+                            / settings.worker_concurrency))
+
+
+def create_app(settings: Settings) -> Celery:
+    """The workers' Celery app, with the predict task registered."""
+    app = Celery("predq", broker=settings.redis_url, set_as_current=True)
+    queues = [Queue(q, routing_key=q) for q in settings.all_predict_queues()]
+    queues.append(Queue(settings.webhook_queue, routing_key=settings.webhook_queue))
+    app.conf.update(
+        task_default_queue=settings.default_queue,
+        task_queues=queues,
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=prefetch_multiplier(settings),
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_concurrency=settings.worker_concurrency,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        },
+        accept_content=["json"],
+        task_serializer="json",
+        enable_utc=True,
+    )
+    state = _ProcessState()
+
+    class PredictTask(PredictBatches):
+        max_batch_jobs = settings.max_batch_jobs
+        max_batch_rows = settings.max_batch_rows
+        max_wait_s = settings.max_wait_ms / 1000.0
+        batch_time_limit = settings.job_time_limit_s
+
+        def run_batch(self, batch_id: str, requests: list[tuple[str, str, str, int]]
+                      ) -> dict[str, Any]:
+            report = state.get(settings).run(batch_id, requests)
+            return {"outcomes": report.outcomes, "n_jobs": report.n_jobs,
+                    "n_rows": report.n_rows, "calls": report.calls}
+
+    @app.task(base=PredictTask, name=PREDICT_TASK, bind=True, acks_late=True)
+    def predict(self: Any, requests: Any) -> None:  # pragma: no cover - never called directly
+        raise RuntimeError("predq.predict runs through the batching strategy only")
+
+    app.predq_settings = settings  # type: ignore[attr-defined]
+    return app

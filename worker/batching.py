@@ -1,0 +1,201 @@
+"""The micro-batching Celery task: celery-batches, with its known gaps closed.
+
+celery-batches buffers task messages in the worker's consumer and hands the buffer to one
+pool process as a single call. Its stock flush is a timer that starts at the first arrival,
+so a lone request always waits the whole interval. This subclass flushes *adaptively*:
+
+- when a pool process is free, the buffer is handed over at once (an idle system adds no
+  wait);
+- while every process is busy, requests accumulate, and the buffer is handed over as soon as
+  a process frees up, or at ``max_batch_jobs`` jobs / ``max_batch_rows`` rows, or after
+  ``max_wait_ms`` (whichever is first).
+
+So the batch size follows the load: about (arrival rate x predict time) jobs per call.
+
+It also closes the other gaps: per-job task events (received, started, succeeded, failed,
+revoked) so that Flower shows every job; per-job results and failures are written by
+:class:`worker.predict.BatchPredictor`; messages are acknowledged only after their batch
+returned, and a batch whose pool process died is requeued (the job store counts deliveries
+and fails a job that keeps killing workers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from celery import signals
+from celery.utils.imports import symbol_by_name
+from celery.worker.request import create_request_cls
+from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
+from celery_batches import Batches
+
+log = logging.getLogger("predq.worker.batching")
+
+
+def execute_batch(task: PredictBatches, batch_id: str,
+                  requests: list[tuple[str, str, str, int]]) -> dict[str, Any]:
+    """Runs in a pool process: predict one batch, return each job's outcome (picklable).
+
+    Never raises: an error outside any one job (Redis unreachable, say) is returned as
+    ``{"retry": reason}`` and the consumer requeues the batch after a pause.
+    """
+    try:
+        return task.run_batch(batch_id, requests)
+    except Exception as e:
+        log.error("batch %s failed outside any job: %r", batch_id, e, exc_info=True)
+        return {"retry": f"{type(e).__name__}: {e}"}
+
+
+class PredictBatches(Batches):
+    """Base class of the ``predq.predict`` task (see the module docstring)."""
+
+    abstract = True
+    max_batch_jobs = 256
+    max_batch_rows = 20_000
+    max_wait_s = 0.010
+    #: Hard time limit of one batch in seconds (None: no limit).
+    batch_time_limit: float | None = None
+    #: Pause before a batch that failed outside its jobs is requeued.
+    retry_pause_s = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reqs: list[Any] = []
+        self._rows = 0
+        self._inflight = 0
+        self._slots = 1
+        self._timer: Any = None
+        self._tref: Any = None
+
+    # -- pool side ----------------------------------------------------------------
+    def run_batch(self, batch_id: str, requests: list[tuple[str, str, str, int]]
+                  ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- consumer side ------------------------------------------------------------
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery API)
+        self._pool = consumer.pool
+        self._slots = max(1, int(getattr(consumer.pool, "limit", 1) or 1))
+        self._timer = consumer.timer
+        hostname = consumer.hostname
+        eventer = consumer.event_dispatcher
+        connection_errors = consumer.connection_errors
+        req_cls = create_request_cls(symbol_by_name(task.Request), task, consumer.pool,
+                                     hostname, eventer, app=app)
+
+        def task_message_handler(message: Any, body: Any, ack: Any, reject: Any,
+                                 callbacks: Any, **kw: Any) -> None:
+            if body is None and "args" not in message.payload:
+                body, headers, decoded, utc = (message.body, message.headers, False,
+                                               app.uses_utc_timezone())
+            elif "args" in message.payload:
+                body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
+            else:
+                body, headers, decoded, utc = proto1_to_proto2(message, body)
+            req = req_cls(message, on_ack=ack, on_reject=reject, app=app, hostname=hostname,
+                          eventer=eventer, task=task, body=body, headers=headers,
+                          decoded=decoded, utc=utc, connection_errors=connection_errors)
+            signals.task_received.send(sender=consumer, request=req)
+            req.send_event("task-received", name=req.name, args=req.argsrepr,
+                           kwargs=req.kwargsrepr, root_id=req.root_id, parent_id=req.parent_id,
+                           retries=0, eta=None, expires=None)
+            self._add(req)
+
+        return task_message_handler
+
+    def _add(self, req: Any) -> None:
+        try:
+            n_rows = int(req.args[3])
+        except (IndexError, TypeError, ValueError):
+            n_rows = 1
+        self._reqs.append(req)
+        self._rows += n_rows
+        if (self._inflight < self._slots or len(self._reqs) >= self.max_batch_jobs
+                or self._rows >= self.max_batch_rows):
+            self._flush_now()
+        elif self._tref is None:
+            self._tref = self._timer.call_after(self.max_wait_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._tref = None
+        if self._reqs:
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        reqs, self._reqs, self._rows = self._reqs, [], 0
+        while reqs:  # a flush never exceeds max_batch_jobs
+            chunk, reqs = reqs[: self.max_batch_jobs], reqs[self.max_batch_jobs:]
+            self.flush(chunk)
+
+    def _on_slot_free(self) -> None:
+        self._inflight -= 1
+        if self._reqs and self._inflight < self._slots:
+            self._flush_now()
+
+    def _requeue(self, reqs: list[Any]) -> None:
+        for r in reqs:
+            r.reject(requeue=True)
+        if self._reqs and self._inflight < self._slots:
+            self._flush_now()
+
+    def flush(self, requests: Any) -> Any:
+        reqs = list(requests)
+        batch_id = uuid.uuid4().hex[:12]
+        payload = [(str(r.args[0]), str(r.args[1]), str(r.args[2]), int(r.args[3]))
+                   for r in reqs]
+        self._inflight += 1
+        t_start = [time.time()]
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            t_start[0] = time.time()
+            for r in reqs:
+                r.send_event("task-started", pid=pid)
+
+        def on_return(result: dict[str, Any]) -> None:
+            if isinstance(result, dict) and "retry" in result:
+                # Not the jobs' fault: put them back after a pause (no hot loop).
+                self._inflight -= 1
+                self._timer.call_after(self.retry_pause_s, self._requeue, (reqs,))
+                return
+            try:
+                outcomes = result.get("outcomes", {}) if isinstance(result, dict) else {}
+                runtime = time.time() - t_start[0]
+                for r in reqs:
+                    state, _, error = outcomes.get(r.id, ("FAILURE", 0, "no outcome"))
+                    if state == "SUCCESS":
+                        r.send_event("task-succeeded", result=f"batch {batch_id}",
+                                     runtime=runtime)
+                    elif state == "REVOKED":
+                        r.send_event("task-revoked", terminated=False, signum=None,
+                                     expired=error == "expired")
+                    else:
+                        r.send_event("task-failed", exception=str(error), traceback="")
+                    r.acknowledge()
+            finally:
+                self._on_slot_free()
+
+        def on_error(exc: Any) -> None:
+            # The pool process died (killed, OOM, hard time limit). Requeue every message of
+            # the batch: the job store counts deliveries, so a job that keeps killing its
+            # worker is failed after ``max_deliveries`` instead of looping.
+            try:
+                log.error("batch %s lost its pool process (%r); requeueing %d jobs",
+                          batch_id, exc, len(reqs))
+                for r in reqs:
+                    r.send_event("task-failed", exception=f"worker lost: {exc!r}",
+                                 traceback="")
+                    r.reject(requeue=True)
+            finally:
+                self._on_slot_free()
+
+        return self._pool.apply_async(
+            execute_batch, (self, batch_id, payload),
+            accept_callback=on_accepted, callback=on_return, error_callback=on_error,
+            timeout=self.batch_time_limit, soft_timeout=None,
+        )

@@ -1,0 +1,252 @@
+"""The micro-batch: many queued jobs, one vectorized predict call per model version.
+
+Framework-free: :meth:`BatchPredictor.run` takes plain request tuples, talks to Redis in two
+round trips (claim, finish) whatever the batch size, and returns what happened to each job.
+Invariants: every job handed in gets exactly one outcome; ``len(outputs) == len(inputs)`` is
+checked per call; a failure fails only the jobs it touches (a raising batch is bisected, so
+one poison row fails its own job and not its neighbours); nothing is left ``running``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from shared import codec
+from shared.keys import RECENT_BATCHES
+from shared.registry import Manifest
+from shared.settings import Settings
+from shared.store import FAILED, SUCCEEDED, Scripts, error_payload
+from worker.cache import ModelCache
+
+log = logging.getLogger("predq.worker")
+
+#: Outcome states, as Celery (and so Flower) names them.
+SUCCESS, FAILURE, REVOKED = "SUCCESS", "FAILURE", "REVOKED"
+
+
+class OutputMismatch(Exception):
+    """The model returned a different number of rows than it was given."""
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    version: str
+    n_rows: int
+    inputs: bytes
+    webhook: bytes
+
+
+@dataclass
+class BatchReport:
+    """What one batch did; handed to the metrics/logging hook."""
+
+    batch_id: str
+    n_jobs: int = 0
+    n_rows: int = 0
+    calls: list[tuple[str, str, int, int, float]] = field(default_factory=list)
+    """(model, version, jobs, rows, seconds) per predict group."""
+    outcomes: dict[str, tuple[str, float, str | None]] = field(default_factory=dict)
+    queue_waits: list[float] = field(default_factory=list)
+
+
+WebhookFor = Callable[[str, str, bytes], tuple[str, bytes]]
+
+
+def no_webhook(job_id: str, status: str, webhook: bytes) -> tuple[str, bytes]:
+    return "", b""
+
+
+class BatchPredictor:
+    """Runs batches of predict requests against the models in ``cache``."""
+
+    def __init__(self, scripts: Scripts, settings: Settings, cache: ModelCache,
+                 webhook_for: WebhookFor = no_webhook) -> None:
+        self.scripts = scripts
+        self.settings = settings
+        self.cache = cache
+        self.webhook_for = webhook_for
+
+    def run(self, batch_id: str, requests: list[tuple[str, str, str, int]]) -> BatchReport:
+        """Predict every request ``(job_id, model, version, n_rows)``; never raises for a job."""
+        t0 = time.perf_counter()
+        report = BatchReport(batch_id)
+        claims = self.scripts.claim([r[0] for r in requests], [r[1] for r in requests],
+                                    self.settings.max_deliveries)
+        groups: dict[tuple[str, str], list[Job]] = {}
+        for (job_id, model, version, n_rows), (code, inputs, webhook) in zip(
+            requests, claims, strict=True
+        ):
+            code = code.decode() if isinstance(code, bytes) else code
+            if code == "ok":
+                groups.setdefault((model, version), []).append(
+                    Job(job_id, model, version, n_rows, inputs, webhook))
+            elif code == "poison":
+                report.outcomes[job_id] = (FAILURE, 0.0, "PoisonJob: delivered too many times")
+            else:
+                report.outcomes[job_id] = (REVOKED, 0.0, code)
+        finished: list[tuple[str, str, str, bytes, str, bytes]] = []
+        for (model, version), jobs in groups.items():
+            report.n_jobs += len(jobs)
+            report.n_rows += sum(j.n_rows for j in jobs)
+            for job, status, fld, payload in self._predict_group(model, version, jobs, report):
+                wq, msg = self.webhook_for(job.id, status, job.webhook) if job.webhook else ("", b"")
+                finished.append((job.id, status, fld, payload, wq, msg))
+        if finished:
+            self._finish(finished, report)
+        elapsed = time.perf_counter() - t0
+        for job_id, status, _, payload, _, _ in finished:
+            if job_id not in report.outcomes:
+                err = None if status == SUCCEEDED else orjson.loads(payload)["message"]
+                report.outcomes[job_id] = (SUCCESS if status == SUCCEEDED else FAILURE,
+                                           elapsed, err)
+        return report
+
+    def _finish(self, finished: list[tuple[str, str, str, bytes, str, bytes]],
+                report: BatchReport) -> None:
+        """One round trip: every job's final state, plus the batch-size statistics."""
+        client = self.scripts.client
+        keys = self.scripts.keys
+        with client.pipeline(transaction=False) as pipe:
+            self.scripts.finish(finished, self.settings.result_ttl_s, client=pipe)
+            if report.n_jobs:
+                pipe.hincrby(keys.batch_stats(), "predict_calls", len(report.calls))
+                pipe.hincrby(keys.batch_stats(), "batches", 1)
+                pipe.hincrby(keys.batch_stats(), "jobs", report.n_jobs)
+                pipe.hincrby(keys.batch_stats(), "rows", report.n_rows)
+                pipe.hincrby(keys.batch_stats(), f"jobs_per_batch:{report.n_jobs}", 1)
+                pipe.lpush(keys.recent_batches(), f"{report.n_jobs},{report.n_rows}")
+                pipe.ltrim(keys.recent_batches(), 0, RECENT_BATCHES - 1)
+            kept = pipe.execute()[0]
+        for (job_id, *_), ok in zip(finished, kept, strict=True):
+            if not ok:  # cancelled while it ran: the result is discarded
+                report.outcomes[job_id] = (REVOKED, 0.0, "cancelled")
+
+    def _predict_group(self, model: str, version: str, jobs: list[Job], report: BatchReport
+                       ) -> list[tuple[Job, str, str, bytes]]:
+        try:
+            manifest, estimator = self.cache.get(model, version)
+        except Exception as e:  # any load failure fails exactly this group's jobs
+            log.error("cannot load model %s v%s: %s", model, version, e, exc_info=True)
+            msg = f"model {model} v{version} could not be loaded: {type(e).__name__}: {e}"
+            return [(j, FAILED, "error", error_payload("ModelLoadError", msg)) for j in jobs]
+        decoded: list[tuple[Job, dict[str, np.ndarray]]] = []
+        results: list[tuple[Job, str, str, bytes]] = []
+        for j in jobs:
+            try:
+                n, cols = codec.decode(j.inputs)
+                if n != j.n_rows:
+                    raise ValueError(f"stored inputs hold {n} rows, message says {j.n_rows}")
+                decoded.append((j, cols))
+            except Exception as e:
+                results.append((j, FAILED, "error", error_payload("BadInputs", str(e))))
+        t0 = time.perf_counter()
+        results += self._bisect(manifest, estimator, decoded)
+        report.calls.append((model, version, len(decoded), sum(j.n_rows for j, _ in decoded),
+                             time.perf_counter() - t0))
+        return results
+
+    def _bisect(self, manifest: Manifest, estimator: Any,
+                decoded: list[tuple[Job, dict[str, np.ndarray]]]
+                ) -> list[tuple[Job, str, str, bytes]]:
+        """Predict all jobs in one call; if it raises, split the jobs in halves and retry."""
+        if not decoded:
+            return []
+        try:
+            rendered = predict_jobs(manifest, estimator, decoded, self.settings.max_batch_rows)
+        except Exception as e:
+            if len(decoded) > 1:
+                mid = len(decoded) // 2
+                return (self._bisect(manifest, estimator, decoded[:mid])
+                        + self._bisect(manifest, estimator, decoded[mid:]))
+            job = decoded[0][0]
+            log.warning("job %s failed in predict: %r", job.id, e)
+            kind = "OutputMismatch" if isinstance(e, OutputMismatch) else "PredictError"
+            return [(job, FAILED, "error",
+                     error_payload(kind, f"{type(e).__name__}: {e}"[:2000]))]
+        return [(j, SUCCEEDED, "outputs", out) for (j, _), out in zip(decoded, rendered,
+                                                                       strict=True)]
+
+
+def build_frame(manifest: Manifest, columns: dict[str, np.ndarray]) -> Any:
+    """The model's input: a DataFrame when it was fitted with names, else a float matrix."""
+    names = [f.name for f in manifest.features]
+    if manifest.named_features:
+        import pandas as pd
+
+        return pd.DataFrame({n: columns[n] for n in names}, columns=names, copy=False)
+    return np.column_stack([columns[n].astype(np.float64, copy=False) for n in names])
+
+
+def _labels_follow_proba(estimator: Any) -> bool:
+    """Whether ``predict`` is exactly ``classes_[argmax(predict_proba)]`` for this model.
+
+    True for forests, trees and histogram gradient boosting (their ``predict`` is written
+    that way in scikit-learn), so one ``predict_proba`` call serves both outputs.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble._forest import BaseForest
+    from sklearn.pipeline import Pipeline
+    from sklearn.tree import BaseDecisionTree
+
+    final = estimator[-1] if isinstance(estimator, Pipeline) else estimator
+    return isinstance(final, BaseForest | BaseDecisionTree | HistGradientBoostingClassifier)
+
+
+def predict_jobs(manifest: Manifest, estimator: Any,
+                 decoded: list[tuple[Job, dict[str, np.ndarray]]], chunk_rows: int
+                 ) -> list[bytes]:
+    """One vectorized call (chunked at ``chunk_rows``) for all jobs; their outputs as JSON."""
+    names = [f.name for f in manifest.features]
+    merged = {n: np.concatenate([cols[n] for _, cols in decoded]) for n in names}
+    frame = build_frame(manifest, merged)
+    total = sum(j.n_rows for j, _ in decoded)
+    rows: list[Any] = []
+    for start in range(0, total, chunk_rows):
+        part = frame.iloc[start:start + chunk_rows] if manifest.named_features \
+            else frame[start:start + chunk_rows]
+        rows += _predict_rows(manifest, estimator, part)
+    if len(rows) != total:
+        raise OutputMismatch(f"the model returned {len(rows)} rows for {total} inputs")
+    out: list[bytes] = []
+    offset = 0
+    for job, _ in decoded:
+        out.append(orjson.dumps(rows[offset:offset + job.n_rows]))
+        offset += job.n_rows
+    return out
+
+
+def _predict_rows(manifest: Manifest, estimator: Any, x: Any) -> list[Any]:
+    n = x.shape[0]
+    if manifest.task == "regression":
+        values = np.asarray(estimator.predict(x))
+        _check_len(values, n)
+        return [{"value": v} for v in values.astype(np.float64).ravel().tolist()]
+    if not manifest.has_predict_proba:
+        labels = np.asarray(estimator.predict(x))
+        _check_len(labels, n)
+        return [{"label": lab} for lab in labels.tolist()]
+    proba = np.asarray(estimator.predict_proba(x))
+    _check_len(proba, n)
+    classes = estimator.classes_
+    if _labels_follow_proba(estimator):
+        labels = classes.take(np.argmax(proba, axis=1))
+    else:
+        labels = np.asarray(estimator.predict(x))
+        _check_len(labels, n)
+    keys = [str(c) for c in classes.tolist()]
+    return [{"label": lab, "probabilities": dict(zip(keys, p, strict=True))}
+            for lab, p in zip(labels.tolist(), proba.tolist(), strict=True)]
+
+
+def _check_len(arr: np.ndarray, n: int) -> None:
+    if arr.shape[0] != n:
+        raise OutputMismatch(f"the model returned {arr.shape[0]} rows for {n} inputs")
