@@ -57,7 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="predq", version="1.0", description=DESCRIPTION, lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
         responses={500: {"description": "Unexpected error (logged)"}},
     )
     app.state.predq_startup_hooks = []

@@ -22,28 +22,31 @@ class Waiters:
         self.channel = channel
         self._waiting: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="predq-waiters")
 
     async def stop(self) -> None:
         if self._task:
+            self._stopping = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait([self._task], timeout=2)
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self._wake_all()  # anything that ended while we were not listening
-                async for msg in pubsub.listen():
-                    if msg.get("type") == "message":
-                        job_id = msg["data"]
-                        job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
-                        for ev in self._waiting.get(job_id, ()):
-                            ev.set()
+                while not self._stopping:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None or msg.get("type") != "message":
+                        continue
+                    job_id = msg["data"]
+                    job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
+                    for ev in self._waiting.get(job_id, ()):
+                        ev.set()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Redis restarted: resubscribe, and let waiters re-read
@@ -52,7 +55,7 @@ class Waiters:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), 1)
 
     def _wake_all(self) -> None:
         for events in self._waiting.values():

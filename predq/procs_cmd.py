@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -227,6 +228,19 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _check_port_free(host: str, port: int, option: str) -> None:
+    """Fail fast, naming the option, rather than after a child fails to bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and tornado do
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise click.UsageError(
+                f"cannot listen on {host}:{port} ({e.strerror}); choose another {option}"
+            ) from e
+
+
 def _start_redis(server: RedisServer) -> None:
     server.start()
     os.environ["PREDQ_REDIS_URL"] = server.url  # inherited by every child
@@ -322,6 +336,8 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
     from predq.procs import ChildExited, Supervisor
     from predq.redis_server import RedisServer, RedisServerError
 
+    _check_port_free(host, port, "--port")
+    _check_port_free(host if _is_loopback(host) else "127.0.0.1", flower_port, "--flower-port")
     sup = Supervisor()
     redis: RedisServer | None = None
     code = 0

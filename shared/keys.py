@@ -58,6 +58,21 @@ class Keys:
         """Sorted set of worker heartbeats (score: unix time), read by /readyz."""
         return f"{self.prefix}:workers"
 
+    def worker_info(self, hostname: str) -> str:
+        """String (JSON) describing one live worker: queues, pid, load; expires on its own
+        after WORKER_INFO_TTL_BEATS heartbeats without renewal."""
+        return f"{self.prefix}:worker:{hostname}"
+
+    def metrics(self) -> str:
+        """Hash of the cluster-wide Prometheus counters and histogram buckets that workers
+        increment (field: sample name and labels; see shared.metrics)."""
+        return f"{self.prefix}:metrics"
+
 
 #: How many recent batch sizes are kept in ``recent_batches``.
 RECENT_BATCHES = 1000
+
+#: A worker's heartbeat counts for /readyz for this many heartbeat intervals.
+WORKER_ALIVE_BEATS = 3
+#: A worker's info key (and its heartbeat entry) are dropped after this many missed beats.
+WORKER_INFO_TTL_BEATS = 12

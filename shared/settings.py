@@ -141,6 +141,24 @@ class Settings(BaseSettings):
         None, description="user:password for Flower; required when it listens beyond loopback."
     )
 
+    # -- operations (see docs/operations.md) ---------------------------------------------
+    redis_sentinel_master: str | None = Field(
+        None, description="Sentinel master name; required when redis_url is sentinel://."
+    )
+    redis_sentinel_password: str | None = Field(
+        None, description="Password of the Sentinel nodes themselves (if they require one)."
+    )
+    worker_heartbeat_s: PositiveFloat = Field(
+        5.0, description="Seconds between worker heartbeats; /readyz wants one within 3 of them."
+    )
+    worker_shutdown_grace_s: PositiveFloat = Field(
+        30.0, description="After SIGTERM, seconds a worker may finish its batches before it "
+        "requeues them and exits."
+    )
+    api_shutdown_grace_s: PositiveFloat = Field(
+        10.0, description="After SIGTERM, seconds the API lets open requests finish."
+    )
+
     @field_validator("webhook_secrets", "webhook_allow_hosts", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:

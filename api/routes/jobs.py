@@ -55,10 +55,17 @@ async def _read_body(request: Request, state: AppState) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the body is {len(body)} bytes; the limit is {limit}")
-    return body
+    # Streamed with a running count, so an oversized body without Content-Length is cut off
+    # at the limit. (FastAPI's own max_body_size answers text/plain and would replace an
+    # earlier 401, so the limit is enforced here, after authentication.)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _requested_version(body: bytes) -> str | None:

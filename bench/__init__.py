@@ -1,0 +1,1 @@
+"""predq's benchmark: ``python -m bench.run`` (see docs/benchmarks.md)."""

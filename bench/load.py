@@ -1,0 +1,277 @@
+"""The load generator of ``bench.run``: its own process, asyncio + httpx (uvloop if present).
+
+Modes (one per invocation; the result is one JSON object written to ``--out``):
+
+- ``jobs``: ``--clients`` loops of ``POST /v1/models/M/jobs`` then ``GET /v1/jobs/{id}?wait=30``
+  (long-poll), for ``--warmup`` + ``--duration`` seconds; counts the jobs that *completed* in
+  the measured window (after the warm-up).
+- ``enqueue``: the same loops, ``POST`` only (no worker needs to run).
+- ``predict``: loops of ``POST /v1/models/M/predict?wait=30``.
+- ``fill``: exactly ``--count`` ``POST``s (a backlog for a drain measurement).
+- ``seq``: one client, sequential ``POST /predict`` with ``--rows-list`` rows (idle latency).
+
+With ``--watch name=pgid``, the CPU time of those process groups (and of this process,
+``client``) is read from /proc at the start and at the end of the measured window.
+Every loop is bounded by a count or by ``--max-time``. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from bench import cpu
+
+JSON = {"Content-Type": "application/json"}
+
+
+def make_bodies(rows: int, n: int = 64) -> list[bytes]:
+    from predq.demo import iris_sample_rows
+
+    return [orjson.dumps({"inputs": iris_sample_rows(rows, seed=1000 + i)}) for i in range(n)]
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "mean": None, "max": None, "n": 0}
+    v = sorted(values)
+
+    def pct(p: float) -> float:
+        return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+    return {"p50": pct(50), "p90": pct(90), "p99": pct(99), "mean": statistics.fmean(v),
+            "max": v[-1], "n": len(v)}
+
+
+class Run:
+    """Shared state of the client loops of one timed phase."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.t0 = time.perf_counter()
+        self.t_start = self.t0 + args.warmup
+        self.t_end = self.t_start + args.duration
+        self.hard_end = self.t0 + args.max_time
+        self.latencies: list[float] = []
+        self.completed = 0
+        self.total = 0
+        self.requests = 0
+        self.errors = 0
+        self.error_samples: list[str] = []
+        self.cpu_before: cpu.Snapshot = {}
+        self.cpu_after: cpu.Snapshot = {}
+        self.client_before = 0.0
+        self.client_after = 0.0
+
+    def done(self, started: float) -> None:
+        now = time.perf_counter()
+        self.total += 1
+        if self.t_start <= now <= self.t_end:
+            self.completed += 1
+            self.latencies.append((now - started) * 1000)
+
+    def error(self, msg: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(msg[:300])
+
+
+def _client_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def _post(client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response:
+    return await client.post(path, content=body, headers=JSON)
+
+
+def _in_window(run: Run) -> bool:
+    return run.t_start <= time.perf_counter() <= run.t_end
+
+
+async def _job_loop(run: Run, client: httpx.AsyncClient, bodies: list[bytes], k: int,
+                    mode: str) -> None:
+    model = run.args.model
+    i = k
+    while time.perf_counter() < min(run.t_end, run.hard_end):
+        body = bodies[i % len(bodies)]
+        i += run.args.clients
+        started = time.perf_counter()
+        try:
+            run.requests += _in_window(run)
+            if mode == "predict":
+                r = await _post(client, f"/v1/models/{model}/predict?wait=30", body)
+                if r.status_code != 200:
+                    run.error(f"predict {r.status_code}: {r.text}")
+                    await asyncio.sleep(0.05)
+                    continue
+                run.done(started)
+                continue
+            r = await _post(client, f"/v1/models/{model}/jobs", body)
+            if r.status_code != 202:
+                run.error(f"submit {r.status_code}: {r.text}")
+                await asyncio.sleep(0.05)
+                continue
+            if mode == "enqueue":
+                run.done(started)
+                continue
+            job_id = orjson.loads(r.content)["id"]
+            for _ in range(10):  # each long-poll holds up to 30 s; bounded anyway
+                run.requests += _in_window(run)
+                g = await client.get(f"/v1/jobs/{job_id}?wait=30")
+                status = orjson.loads(g.content).get("status") if g.status_code == 200 else None
+                if status not in ("queued", "running") or time.perf_counter() > run.hard_end:
+                    break
+            if status == "succeeded":
+                run.done(started)
+            else:
+                run.error(f"job {job_id}: GET {g.status_code} status {status}: {g.text[:200]}")
+        except httpx.HTTPError as e:
+            run.error(f"{type(e).__name__}: {e}")
+            await asyncio.sleep(0.05)
+
+
+async def _cpu_probe(run: Run, groups: dict[str, int]) -> None:
+    await asyncio.sleep(max(0.0, run.t_start - time.perf_counter()))
+    run.cpu_before = cpu.snapshot(groups)
+    run.client_before = _client_cpu()
+    await asyncio.sleep(max(0.0, run.t_end - time.perf_counter()))
+    run.client_after = _client_cpu()
+    run.cpu_after = cpu.resnapshot(run.cpu_before)
+
+
+def _client(args: argparse.Namespace) -> httpx.AsyncClient:
+    host = urlsplit(args.url).hostname
+    if host != "127.0.0.1":
+        raise SystemExit(f"refusing to send traffic to {host!r}: 127.0.0.1 only")
+    n = args.clients + 4
+    return httpx.AsyncClient(
+        base_url=args.url, trust_env=False, timeout=httpx.Timeout(45.0),
+        limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+    )
+
+
+async def timed(args: argparse.Namespace, groups: dict[str, int]) -> dict[str, Any]:
+    bodies = make_bodies(args.rows)
+    async with _client(args) as client:
+        await client.get("/healthz")
+        run = Run(args)
+        probe = asyncio.create_task(_cpu_probe(run, groups))
+        loops = [asyncio.create_task(_job_loop(run, client, bodies, k, args.mode))
+                 for k in range(args.clients)]
+        await asyncio.wait(loops, timeout=max(1.0, run.hard_end - time.perf_counter()))
+        for t in loops:
+            t.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        if not probe.done():
+            probe.cancel()
+    leaders = dict(groups)
+    usage = cpu.delta(run.cpu_before, run.cpu_after, leaders) if run.cpu_after else {}
+    if run.cpu_after:
+        c = run.client_after - run.client_before
+        usage["client"] = {"total": c, "leader": c, "others": 0.0}
+    return {
+        "mode": args.mode, "clients": args.clients, "rows": args.rows,
+        "window_s": args.duration, "completed": run.completed,
+        "rate": run.completed / args.duration, "total": run.total,
+        "requests_in_window": run.requests,
+        "latency_ms": percentiles(run.latencies), "errors": run.errors,
+        "error_samples": run.error_samples, "cpu_s": usage,
+    }
+
+
+async def fill(args: argparse.Namespace) -> dict[str, Any]:
+    bodies = make_bodies(args.rows)
+    left = args.count
+    ok = 0
+    errors: list[str] = []
+    async with _client(args) as client:
+        t0 = time.perf_counter()
+        deadline = t0 + args.max_time
+
+        async def loop(k: int) -> None:
+            nonlocal left, ok
+            while left > 0 and time.perf_counter() < deadline:
+                left -= 1
+                r = await _post(client, f"/v1/models/{args.model}/jobs", bodies[left % 64])
+                if r.status_code == 202:
+                    ok += 1
+                elif len(errors) < 5:
+                    errors.append(f"{r.status_code}: {r.text[:200]}")
+
+        await asyncio.gather(*(loop(k) for k in range(args.clients)))
+        elapsed = time.perf_counter() - t0
+    return {"mode": "fill", "count": ok, "elapsed_s": elapsed, "rate": ok / elapsed,
+            "errors": args.count - ok, "error_samples": errors}
+
+
+async def seq(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"mode": "seq", "by_rows": {}}
+    async with _client(args) as client:
+        deadline = time.perf_counter() + args.max_time
+        for rows in args.rows_list:
+            bodies = make_bodies(rows, 16)
+            lat: list[float] = []
+            errors = 0
+            for i in range(args.warmup_count + args.count):
+                if time.perf_counter() > deadline:
+                    break
+                t = time.perf_counter()
+                r = await _post(client, f"/v1/models/{args.model}/predict?wait=30",
+                                bodies[i % len(bodies)])
+                ms = (time.perf_counter() - t) * 1000
+                if r.status_code != 200:
+                    errors += 1
+                elif i >= args.warmup_count:
+                    lat.append(ms)
+                await asyncio.sleep(args.gap_ms / 1000)  # a lone caller: the system idles
+            out["by_rows"][str(rows)] = {"latency_ms": percentiles(lat), "errors": errors}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.load")
+    p.add_argument("mode", choices=["jobs", "enqueue", "predict", "fill", "seq"])
+    p.add_argument("--url", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", default="iris")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--rows", type=int, default=10)
+    p.add_argument("--rows-list", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10])
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--duration", type=float, default=15.0)
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--warmup-count", type=int, default=20)
+    p.add_argument("--gap-ms", type=float, default=2.0)
+    p.add_argument("--max-time", type=float, default=120.0, help="hard cap of the whole run")
+    p.add_argument("--watch", action="append", default=[], help="name=pgid (repeatable)")
+    args = p.parse_args(argv)
+    groups = {k: int(v) for k, v in (w.split("=", 1) for w in args.watch)}
+    if args.mode in ("jobs", "enqueue", "predict"):
+        args.max_time = min(args.max_time, args.warmup + args.duration + 40.0)
+        coro = timed(args, groups)
+    elif args.mode == "fill":
+        coro = fill(args)
+    else:
+        coro = seq(args)
+    try:
+        import uvloop
+
+        result = uvloop.run(coro)
+    except ImportError:
+        result = asyncio.run(coro)
+    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
