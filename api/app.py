@@ -6,16 +6,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from api import openapi, problems
+from api import observability, openapi, problems
 from api.deps import AppState
-from api.routes import health, jobs, models
+from api.routes import health, jobs, models, webhooks
 from api.waiters import Waiters
 from shared.auth import KeyRing
 from shared.jobs import AsyncJobs
 from shared.keys import Keys
+from shared.redis_conn import async_client
 from shared.registry import Registry
 from shared.settings import Settings, get_settings
 
@@ -36,8 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
+        client = async_client(
+            settings, socket_connect_timeout=2, socket_timeout=5,
             health_check_interval=10, max_connections=settings.limit_concurrency + 50,
         )
         waiters = Waiters(client, Keys(settings.key_prefix).done_channel())
@@ -64,5 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    webhooks.install(app)
+    observability.install(app, settings)
     openapi.install(app)
     return app

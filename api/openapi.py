@@ -38,7 +38,7 @@ def install(app: FastAPI) -> None:
         if cache["key"] == key and cache["doc"] is not None:
             return cache["doc"]  # type: ignore[no-any-return]
         doc = get_openapi(title=app.title, version=app.version, description=app.description,
-                          routes=app.routes)
+                          routes=app.routes, webhooks=app.webhooks.routes)
         components = doc.setdefault("components", {}).setdefault("schemas", {})
         generic = {"type": "object", "required": ["inputs"], "properties": {
             "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"},

@@ -49,6 +49,9 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "ex
 
 
 class WebhookAttempt(BaseModel):
+    """One delivery attempt: the receiver's HTTP status, or the class of error that kept it
+    from getting one (Timeout, ConnectError, BlockedAddress, ...)."""
+
     at: str
     status_code: int | None = None
     error: str | None = None
@@ -56,10 +59,18 @@ class WebhookAttempt(BaseModel):
 
 
 class WebhookView(BaseModel):
+    """A job's webhook and its delivery log. No secret or signature is ever shown."""
+
     url: str
     events: list[str]
-    state: str = Field(description="pending | delivering | delivered | failed")
+    state: Literal["pending", "delivering", "delivered", "failed", "skipped"] = Field(
+        description="pending | delivering | delivered | failed; skipped when the job ended "
+                    "without an event the webhook asks for (cancelled, expired, ...)")
     attempts: list[WebhookAttempt] = []
+    webhook_id: str | None = Field(
+        None, description="The webhook-id header: the same on every retry and redelivery.")
+    next_attempt_at: str | None = Field(None, description="When a retry is due.")
+    detail: str | None = Field(None, description="Why the delivery failed for good.")
 
 
 class JobError(BaseModel):
@@ -113,3 +124,28 @@ class BatchStats(BaseModel):
     rows: int
     jobs_per_batch: dict[str, int] = Field(description="Histogram: batch size in jobs -> count.")
     recent: list[dict[str, int]] = Field(description="Newest first: jobs and rows per batch.")
+
+
+class WebhookEvent(BaseModel):
+    """The body of every webhook request (signed as the Standard Webhooks spec says)."""
+
+    type: Literal["job.completed", "job.failed"]
+    timestamp: str = Field(description="When this attempt was sent (ISO 8601, UTC).")
+    data: Job = Field(description="The job exactly as GET /v1/jobs/{id} returns it.")
+
+
+class DeadLetter(BaseModel):
+    job_id: str
+    event: str | None
+    url: str | None
+    webhook_id: str | None
+    state: str | None
+    failed_at: str
+    n_attempts: int
+    detail: str | None
+    last_attempt: WebhookAttempt | None
+
+
+class DeadLetters(BaseModel):
+    total: int = Field(description="Dead letters kept (for the result TTL).")
+    items: list[DeadLetter] = Field(description="Newest first.")

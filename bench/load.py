@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -150,11 +151,16 @@ async def _cpu_probe(run: Run, groups: dict[str, int]) -> None:
     run.cpu_after = cpu.resnapshot(run.cpu_before)
 
 
-def _client(args: argparse.Namespace) -> httpx.AsyncClient:
+def _client(args: argparse.Namespace, n: int = 1) -> httpx.AsyncClient:
+    """An httpx client with a pool of ``n`` connections.
+
+    Each simulated client gets its own one-connection AsyncClient: httpcore's pool scans every
+    connection (a poll() syscall each) on every request, so one shared 32-connection pool
+    costs the load generator ~2 ms of CPU per request instead of ~0.6 ms.
+    """
     host = urlsplit(args.url).hostname
     if host != "127.0.0.1":
         raise SystemExit(f"refusing to send traffic to {host!r}: 127.0.0.1 only")
-    n = args.clients + 4
     return httpx.AsyncClient(
         base_url=args.url, trust_env=False, timeout=httpx.Timeout(45.0),
         limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
@@ -163,11 +169,12 @@ def _client(args: argparse.Namespace) -> httpx.AsyncClient:
 
 async def timed(args: argparse.Namespace, groups: dict[str, int]) -> dict[str, Any]:
     bodies = make_bodies(args.rows)
-    async with _client(args) as client:
-        await client.get("/healthz")
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(_client(args)) for _ in range(args.clients)]
+        await asyncio.gather(*(c.get("/healthz") for c in clients))
         run = Run(args)
         probe = asyncio.create_task(_cpu_probe(run, groups))
-        loops = [asyncio.create_task(_job_loop(run, client, bodies, k, args.mode))
+        loops = [asyncio.create_task(_job_loop(run, clients[k], bodies, k, args.mode))
                  for k in range(args.clients)]
         await asyncio.wait(loops, timeout=max(1.0, run.hard_end - time.perf_counter()))
         for t in loops:
@@ -195,11 +202,13 @@ async def fill(args: argparse.Namespace) -> dict[str, Any]:
     left = args.count
     ok = 0
     errors: list[str] = []
-    async with _client(args) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(_client(args)) for _ in range(args.clients)]
         t0 = time.perf_counter()
         deadline = t0 + args.max_time
 
         async def loop(k: int) -> None:
+            client = clients[k]
             nonlocal left, ok
             while left > 0 and time.perf_counter() < deadline:
                 left -= 1

@@ -100,7 +100,8 @@ class AsyncJobs:
         if status == "":
             raise JobNotFound(f"no job {job_id!r}")
         if status != "cancelled":
-            raise JobConflict(f"job {job_id} already ended with status {status!r}")
+            ended = status.removeprefix("ended:")
+            raise JobConflict(f"job {job_id} already ended with status {ended!r}")
         return await self.read(job_id, owner)
 
 

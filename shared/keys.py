@@ -54,6 +54,12 @@ class Keys:
         """Sorted set of job ids whose webhook exhausted its attempts (dead letters)."""
         return f"{self.prefix}:webhook:dead"
 
+    def webhook_due(self) -> str:
+        """Sorted set of unfinished webhook deliveries ``<job_id>|<event>``, scored by the
+        Unix time of the next attempt or of the in-flight attempt's lease (see
+        shared.webhook_state)."""
+        return f"{self.prefix}:webhook:due"
+
     def workers_alive(self) -> str:
         """Sorted set of worker heartbeats (score: unix time), read by /readyz."""
         return f"{self.prefix}:workers"

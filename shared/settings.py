@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     webhook_max_response_bytes: PositiveInt = Field(
         4096, description="Most bytes read of a receiver's response."
     )
+    webhook_concurrency: PositiveInt = Field(
+        16, description="Deliveries in flight per worker (threads beside the predict pool)."
+    )
 
     # -- API -----------------------------------------------------------------------------
     api_keys: list[ApiKeySpec] = Field(
@@ -171,6 +174,13 @@ class Settings(BaseSettings):
     def _split_floats(cls, v: object) -> object:
         if isinstance(v, str):
             return [float(part) for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _check_schedule(cls, v: list[float]) -> list[float]:
+        if not 1 <= len(v) <= 50 or any(not 0 <= d <= 30 * 86_400 for d in v):
+            raise ValueError("the retry schedule needs 1 to 50 delays, each 0 to 30 days")
         return v
 
     @field_validator("webhook_secrets")

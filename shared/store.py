@@ -47,7 +47,8 @@ return {ARGV[1], ARGV[5]}
 """
 
 # KEYS: the batch's job hashes.  ARGV: now_iso, now_unix, max_deliveries, channel, qrows keys...
-# For each job returns {code, inputs, webhook}: code is 'ok' (claimed; now running), or the reason it
+# For each job returns {code, inputs, webhook, created_at}: code is 'ok' (claimed; now running;
+# created_at lets the worker measure the queue wait), or the reason it
 # is skipped: 'missing', a terminal status, 'expired' (deadline passed), 'poison'.
 _CLAIM = """
 local out = {}
@@ -55,9 +56,9 @@ for i, key in ipairs(KEYS) do
   local st = redis.call('HGET', key, 'status')
   local qrows = ARGV[4 + i]
   if not st then
-    out[i] = {'missing', ''}
+    out[i] = {'missing', '', ''}
   elseif st ~= 'queued' and st ~= 'running' then
-    out[i] = {st, ''}
+    out[i] = {st, '', ''}
   else
     if st == 'queued' then
       redis.call('DECRBY', qrows, redis.call('HGET', key, 'n_inputs'))
@@ -69,20 +70,20 @@ for i, key in ipairs(KEYS) do
                  'error', '{"type":"Expired","message":"cancel_after passed while queued"}')
       redis.call('HDEL', key, 'inputs')
       redis.call('PUBLISH', ARGV[4], string.sub(key, string.find(key, ':job:', 1, true) + 5))
-      out[i] = {'expired', ''}
+      out[i] = {'expired', '', ''}
     elseif n > tonumber(ARGV[3]) then
       redis.call('HSET', key, 'status', 'failed', 'finished_at', ARGV[1], 'error',
         '{"type":"PoisonJob","message":"delivered ' .. (n - 1) ..
         ' times without finishing (its worker died each time); not retried again"}')
       redis.call('HDEL', key, 'inputs')
       redis.call('PUBLISH', ARGV[4], string.sub(key, string.find(key, ':job:', 1, true) + 5))
-      out[i] = {'poison', ''}
+      out[i] = {'poison', '', ''}
     else
       if st == 'queued' then
         redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1])
       end
-      local f = redis.call('HMGET', key, 'inputs', 'webhook')
-      out[i] = {'ok', f[1] or '', f[2] or ''}
+      local f = redis.call('HMGET', key, 'inputs', 'webhook', 'created_at')
+      out[i] = {'ok', f[1] or '', f[2] or '', f[3] or ''}
     end
   end
 end
@@ -111,12 +112,12 @@ return out
 """
 
 # KEYS: job hash, queued-rows counter.  ARGV: now_iso, channel, job_id.
-# Returns the status after the call: 'cancelled', or the terminal status that made it
-# impossible, or '' when the job does not exist.
+# Returns 'cancelled' when this call cancelled it, 'ended:<status>' when it had already ended
+# (cancelled included), or '' when the job does not exist.
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return '' end
-if st ~= 'queued' and st ~= 'running' then return st end
+if st ~= 'queued' and st ~= 'running' then return 'ended:' .. st end
 if st == 'queued' then
   redis.call('DECRBY', KEYS[2], redis.call('HGET', KEYS[1], 'n_inputs'))
 end

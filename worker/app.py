@@ -23,7 +23,9 @@ from shared.settings import Settings
 from shared.store import Scripts
 from worker.batching import PredictBatches
 from worker.cache import ModelCache
+from worker.delivery import webhook_for
 from worker.predict import BatchPredictor
+from worker.webhooks import register_webhook_task
 
 log = logging.getLogger("predq.worker")
 
@@ -41,7 +43,7 @@ class _ProcessState:
                                           socket_keepalive=True, retry_on_timeout=True)
             cache = ModelCache(Registry(settings.registry_root), settings.model_cache_size)
             self.predictor = BatchPredictor(Scripts(client, Keys(settings.key_prefix)),
-                                            settings, cache)
+                                            settings, cache, webhook_for=webhook_for(settings))
             self.pid = os.getpid()
         return self.predictor
 
@@ -100,5 +102,6 @@ def create_app(settings: Settings) -> Celery:
     def predict(self: Any, requests: Any) -> None:  # pragma: no cover - never called directly
         raise RuntimeError("predq.predict runs through the batching strategy only")
 
+    register_webhook_task(app, settings)
     app.predq_settings = settings  # type: ignore[attr-defined]
     return app

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from shared.registry import Manifest
 from shared.settings import Settings
 from shared.store import FAILED, SUCCEEDED, Scripts, error_payload
 from worker.cache import ModelCache
+from worker.observe import BatchObserver
 
 log = logging.getLogger("predq.worker")
 
@@ -56,6 +58,9 @@ class BatchReport:
     """(model, version, jobs, rows, seconds) per predict group."""
     outcomes: dict[str, tuple[str, float, str | None]] = field(default_factory=dict)
     queue_waits: list[float] = field(default_factory=list)
+    """Seconds from each claimed job's submission to the claim."""
+    ended_at_claim: list[str] = field(default_factory=list)
+    """Final statuses the claim itself set (expired, or failed as poison)."""
 
 
 WebhookFor = Callable[[str, str, bytes], tuple[str, bytes]]
@@ -69,11 +74,13 @@ class BatchPredictor:
     """Runs batches of predict requests against the models in ``cache``."""
 
     def __init__(self, scripts: Scripts, settings: Settings, cache: ModelCache,
-                 webhook_for: WebhookFor = no_webhook) -> None:
+                 webhook_for: WebhookFor = no_webhook,
+                 observer: BatchObserver | None = None) -> None:
         self.scripts = scripts
         self.settings = settings
         self.cache = cache
         self.webhook_for = webhook_for
+        self.observer = observer
 
     def run(self, batch_id: str, requests: list[tuple[str, str, str, int]]) -> BatchReport:
         """Predict every request ``(job_id, model, version, n_rows)``; never raises for a job."""
@@ -81,18 +88,22 @@ class BatchPredictor:
         report = BatchReport(batch_id)
         claims = self.scripts.claim([r[0] for r in requests], [r[1] for r in requests],
                                     self.settings.max_deliveries)
+        claimed_at = time.time()
         groups: dict[tuple[str, str], list[Job]] = {}
-        for (job_id, model, version, n_rows), (code, inputs, webhook) in zip(
-            requests, claims, strict=True
-        ):
-            code = code.decode() if isinstance(code, bytes) else code
+        for (job_id, model, version, n_rows), claim in zip(requests, claims, strict=True):
+            code = claim[0].decode() if isinstance(claim[0], bytes) else claim[0]
             if code == "ok":
                 groups.setdefault((model, version), []).append(
-                    Job(job_id, model, version, n_rows, inputs, webhook))
+                    Job(job_id, model, version, n_rows, claim[1], claim[2]))
+                if len(claim) > 3 and claim[3]:
+                    report.queue_waits.append(_since(claim[3], claimed_at))
             elif code == "poison":
                 report.outcomes[job_id] = (FAILURE, 0.0, "PoisonJob: delivered too many times")
+                report.ended_at_claim.append(FAILED)
             else:
                 report.outcomes[job_id] = (REVOKED, 0.0, code)
+                if code == "expired":
+                    report.ended_at_claim.append(code)
         finished: list[tuple[str, str, str, bytes, str, bytes]] = []
         for (model, version), jobs in groups.items():
             report.n_jobs += len(jobs)
@@ -100,7 +111,7 @@ class BatchPredictor:
             for job, status, fld, payload in self._predict_group(model, version, jobs, report):
                 wq, msg = self.webhook_for(job.id, status, job.webhook) if job.webhook else ("", b"")
                 finished.append((job.id, status, fld, payload, wq, msg))
-        if finished:
+        if finished or report.ended_at_claim:
             self._finish(finished, report)
         elapsed = time.perf_counter() - t0
         for job_id, status, _, payload, _, _ in finished:
@@ -108,6 +119,8 @@ class BatchPredictor:
                 err = None if status == SUCCEEDED else orjson.loads(payload)["message"]
                 report.outcomes[job_id] = (SUCCESS if status == SUCCEEDED else FAILURE,
                                            elapsed, err)
+        if self.observer is not None:
+            self.observer.log_batch(report, elapsed)
         return report
 
     def _finish(self, finished: list[tuple[str, str, str, bytes, str, bytes]],
@@ -116,7 +129,8 @@ class BatchPredictor:
         client = self.scripts.client
         keys = self.scripts.keys
         with client.pipeline(transaction=False) as pipe:
-            self.scripts.finish(finished, self.settings.result_ttl_s, client=pipe)
+            if finished:
+                self.scripts.finish(finished, self.settings.result_ttl_s, client=pipe)
             if report.n_jobs:
                 pipe.hincrby(keys.batch_stats(), "predict_calls", len(report.calls))
                 pipe.hincrby(keys.batch_stats(), "batches", 1)
@@ -125,10 +139,17 @@ class BatchPredictor:
                 pipe.hincrby(keys.batch_stats(), f"jobs_per_batch:{report.n_jobs}", 1)
                 pipe.lpush(keys.recent_batches(), f"{report.n_jobs},{report.n_rows}")
                 pipe.ltrim(keys.recent_batches(), 0, RECENT_BATCHES - 1)
-            kept = pipe.execute()[0]
-        for (job_id, *_), ok in zip(finished, kept, strict=True):
+            if self.observer is not None:
+                self.observer.record(pipe, report, finished)
+            replies = pipe.execute()
+        kept = replies[0] if finished else []
+        discarded: list[str] = []
+        for (job_id, status, *_), ok in zip(finished, kept, strict=True):
             if not ok:  # cancelled while it ran: the result is discarded
                 report.outcomes[job_id] = (REVOKED, 0.0, "cancelled")
+                discarded.append(status)
+        if discarded and self.observer is not None:
+            self.observer.discarded(client, discarded)
 
     def _predict_group(self, model: str, version: str, jobs: list[Job], report: BatchReport
                        ) -> list[tuple[Job, str, str, bytes]]:
@@ -168,12 +189,24 @@ class BatchPredictor:
                 return (self._bisect(manifest, estimator, decoded[:mid])
                         + self._bisect(manifest, estimator, decoded[mid:]))
             job = decoded[0][0]
-            log.warning("job %s failed in predict: %r", job.id, e)
+            # An estimator's message may quote input values: logged only with log_inputs.
+            log.warning("job %s failed in predict: %s", job.id,
+                        repr(e) if self.settings.log_inputs else type(e).__name__,
+                        extra={"job_id": job.id})
             kind = "OutputMismatch" if isinstance(e, OutputMismatch) else "PredictError"
             return [(job, FAILED, "error",
                      error_payload(kind, f"{type(e).__name__}: {e}"[:2000]))]
         return [(j, SUCCEEDED, "outputs", out) for (j, _), out in zip(decoded, rendered,
                                                                        strict=True)]
+
+
+def _since(created_at: bytes | str, now: float) -> float:
+    """Seconds from an ISO-8601 ``created_at`` to ``now`` (0 when unparseable or later)."""
+    try:
+        text = created_at.decode() if isinstance(created_at, bytes) else created_at
+        return max(0.0, now - datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return 0.0
 
 
 def build_frame(manifest: Manifest, columns: dict[str, np.ndarray]) -> Any:

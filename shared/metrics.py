@@ -1,0 +1,357 @@
+"""Every Prometheus metric predq exports, defined once.
+
+Two kinds, by where the numbers live:
+
+- **Process metrics** (:class:`HttpMetrics`): the API's HTTP requests, kept by prometheus_client
+  in the API process. When uvicorn runs several processes (``predq api --workers N``),
+  ``PROMETHEUS_MULTIPROC_DIR`` is set and prometheus_client's multiprocess mode sums them.
+- **Cluster metrics** (the ``Cluster*`` objects below): what the workers do. Workers add to
+  counters and histogram buckets in one Redis hash (``Keys.metrics()``) inside the pipeline
+  each batch already sends (no extra round trip), and every API replica's ``/metrics`` renders
+  that hash together with gauges read from Redis at scrape time (queue depth, live workers).
+
+Why Redis rather than prometheus_client's multiprocess mode for workers: workers are prefork
+pools whose processes come and go, on many machines. A Redis hash aggregates across processes
+*and* machines, needs no extra port per worker, and survives worker restarts. The cost is one
+HGETALL per scrape.
+
+Hash fields are Prometheus sample names with labels (``name{k="v"}``); histogram buckets are
+stored non-cumulative (each observation adds to one bucket) and made cumulative when rendered.
+Label values come from validated names (models, versions, queues) or fixed vocabularies.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from shared.keys import Keys
+
+log = logging.getLogger("predq.metrics")
+
+#: The Content-Type of the text exposition format.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_OUTCOME_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def sample_field(sample: str, labels: Mapping[str, str]) -> str:
+    """The hash field of one sample: ``name{k="v",...}`` (labels in the given order)."""
+    if not labels:
+        return sample
+    inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+    return f"{sample}{{{inner}}}"
+
+
+def parse_field(raw: str) -> tuple[str, dict[str, str]]:
+    """The inverse of :func:`sample_field`."""
+    name, brace, rest = raw.partition("{")
+    if not brace:
+        return name, {}
+    return name, {k: _unescape(v) for k, v in _LABEL_RE.findall(rest)}
+
+
+# -- cluster metrics (Redis-backed) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterCounter:
+    """A counter kept in Redis. ``name`` ends in ``_total``."""
+
+    name: str
+    documentation: str
+    labelnames: tuple[str, ...] = ()
+    #: Label sets rendered as 0 before anything happened (so rate() works from the start).
+    initial: tuple[tuple[str, ...], ...] = ()
+
+    def inc(self, pipe: Any, keys: Keys, amount: float = 1, **labels: str) -> None:
+        """Queue ``HINCRBY`` (or ``HINCRBYFLOAT``) on ``pipe`` (a pipeline or a client)."""
+        fld = sample_field(self.name, {k: labels[k] for k in self.labelnames})
+        if isinstance(amount, int):
+            pipe.hincrby(keys.metrics(), fld, amount)
+        else:
+            pipe.hincrbyfloat(keys.metrics(), fld, amount)
+
+
+@dataclass(frozen=True)
+class ClusterHistogram:
+    """A histogram kept in Redis (non-cumulative buckets, ``_sum`` and ``_count``)."""
+
+    name: str
+    documentation: str
+    buckets: tuple[float, ...]
+    labelnames: tuple[str, ...] = ()
+    _bounds: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_bounds", tuple(floatToGoString(b) for b in self.buckets))
+
+    def bucket_of(self, value: float) -> str:
+        """The ``le`` of the smallest bucket holding ``value``."""
+        i = bisect.bisect_left(self.buckets, value)
+        return self._bounds[i] if i < len(self._bounds) else "+Inf"
+
+    def observe(self, pipe: Any, keys: Keys, values: Iterable[float], **labels: str) -> None:
+        """Queue the commands recording ``values``: one HINCRBY per bucket touched, plus sum
+        and count. Nothing is queued for no values."""
+        base = {k: labels[k] for k in self.labelnames}
+        tally: Tally[str] = Tally()
+        total = 0.0
+        for v in values:
+            tally[self.bucket_of(v)] += 1
+            total += v
+        if not tally:
+            return
+        key = keys.metrics()
+        for le, n in tally.items():
+            pipe.hincrby(key, sample_field(f"{self.name}_bucket", {**base, "le": le}), n)
+        pipe.hincrbyfloat(key, sample_field(f"{self.name}_sum", base), total)
+        pipe.hincrby(key, sample_field(f"{self.name}_count", base), sum(tally.values()))
+
+
+_FINAL = ("succeeded", "failed", "cancelled", "expired")
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0)
+
+JOBS_FINISHED = ClusterCounter(
+    "predq_jobs_finished_total", "Jobs that reached a final status, by status.",
+    ("status",), initial=tuple((s,) for s in _FINAL))
+QUEUE_WAIT = ClusterHistogram(
+    "predq_queue_wait_seconds",
+    "Time from a job's submission to the start of the batch that claimed it.",
+    (*_SECONDS, 120.0, 300.0, 900.0))
+BATCH_JOBS = ClusterHistogram(
+    "predq_batch_jobs", "Jobs merged into one micro-batch.",
+    (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+BATCH_ROWS = ClusterHistogram(
+    "predq_batch_rows", "Input rows in one micro-batch.",
+    (1, 10, 100, 1_000, 5_000, 20_000, 100_000, 1_000_000))
+PREDICT_DURATION = ClusterHistogram(
+    "predq_predict_duration_seconds",
+    "Duration of the vectorized predict call(s) for one model version in one batch.",
+    (0.0005, *_SECONDS), ("model", "version"))
+PREDICT_ROWS = ClusterCounter(
+    "predq_predict_rows_total", "Rows predicted, by model version.", ("model", "version"))
+CACHE_LOADS = ClusterCounter(
+    "predq_model_cache_loads_total",
+    "Model loads from the registry into a worker process (cache misses).", ("model", "version"))
+CACHE_HITS = ClusterCounter(
+    "predq_model_cache_hits_total",
+    "Batches served by a model already loaded in the worker process.", ("model", "version"))
+MODEL_LOAD_SECONDS = ClusterCounter(
+    "predq_model_load_seconds_total", "Seconds spent loading models (sha256 check, unpickling).")
+WEBHOOK_DELIVERIES = ClusterCounter(
+    "predq_webhook_deliveries_total",
+    "Webhook delivery attempts, by outcome (e.g. delivered, retry, dead, rejected).",
+    ("outcome",), initial=(("delivered",), ("retry",), ("dead",)))
+WEBHOOK_DURATION = ClusterHistogram(
+    "predq_webhook_delivery_duration_seconds", "Duration of one webhook delivery attempt.",
+    (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+
+CLUSTER_METRICS: tuple[ClusterCounter | ClusterHistogram, ...] = (
+    JOBS_FINISHED, QUEUE_WAIT, BATCH_JOBS, BATCH_ROWS, PREDICT_DURATION, PREDICT_ROWS,
+    CACHE_LOADS, CACHE_HITS, MODEL_LOAD_SECONDS, WEBHOOK_DELIVERIES, WEBHOOK_DURATION,
+)
+
+
+def record_webhook(pipe_or_client: Any, keys: Keys, outcome: str,
+                   seconds: float | None = None) -> None:
+    """Count one webhook delivery attempt; never raises.
+
+    Pass the pipeline you already execute (no extra round trip) or a sync client. ``outcome``
+    is a short lowercase word (``delivered``, ``retry``, ``dead``, ``rejected``, ...); anything
+    else is counted as ``other``. ``None`` as ``pipe_or_client`` is a no-op.
+    """
+    if pipe_or_client is None:
+        return
+    if not _OUTCOME_RE.fullmatch(outcome):
+        outcome = "other"
+    try:
+        WEBHOOK_DELIVERIES.inc(pipe_or_client, keys, outcome=outcome)
+        if seconds is not None:
+            WEBHOOK_DURATION.observe(pipe_or_client, keys, [max(0.0, seconds)])
+    except Exception as e:  # metrics never break a delivery
+        log.debug("could not record a webhook metric: %r", e)
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ClusterSnapshot:
+    """Everything cluster-wide that one scrape renders, read from Redis in one pipeline."""
+
+    counters: Mapping[bytes | str, bytes | str] = field(default_factory=dict)
+    queue_depth: Mapping[str, int] = field(default_factory=dict)
+    workers_alive: int = 0
+    unacked: int = 0
+    redis_up: bool = True
+
+
+def _decode(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _cluster_families(snap: ClusterSnapshot) -> Iterator[Metric]:
+    parsed: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for raw_field, raw_value in snap.counters.items():
+        name, labels = parse_field(_decode(raw_field))
+        try:
+            parsed.setdefault(name, []).append((labels, float(_decode(raw_value))))
+        except ValueError:
+            continue
+    for metric in CLUSTER_METRICS:
+        if isinstance(metric, ClusterCounter):
+            yield _counter_family(metric, parsed.get(metric.name, []))
+        else:
+            yield _histogram_family(metric, parsed)
+    depth = GaugeMetricFamily("predq_queue_depth", "Messages waiting in a queue (all priorities).",
+                              labels=["queue"])
+    for queue, n in sorted(snap.queue_depth.items()):
+        depth.add_metric([queue], n)
+    yield depth
+    yield GaugeMetricFamily("predq_workers_alive", "Workers whose heartbeat is recent.",
+                            value=snap.workers_alive)
+    yield GaugeMetricFamily(
+        "predq_broker_unacked_messages",
+        "Messages delivered to workers and not yet acknowledged (buffered or running).",
+        value=snap.unacked)
+    yield GaugeMetricFamily("predq_redis_up", "Whether Redis answered this scrape.",
+                            value=1 if snap.redis_up else 0)
+
+
+def _counter_family(metric: ClusterCounter, samples: list[tuple[dict[str, str], float]]
+                    ) -> CounterMetricFamily:
+    fam = CounterMetricFamily(metric.name, metric.documentation, labels=list(metric.labelnames))
+    values: dict[tuple[str, ...], float] = {tuple(init): 0.0 for init in metric.initial}
+    for labels, value in samples:
+        key = tuple(labels.get(n, "") for n in metric.labelnames)
+        values[key] = values.get(key, 0.0) + value
+    for key, value in sorted(values.items()):
+        fam.add_metric(list(key), value)
+    return fam
+
+
+def _histogram_family(metric: ClusterHistogram,
+                      parsed: Mapping[str, list[tuple[dict[str, str], float]]]
+                      ) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily(metric.name, metric.documentation,
+                                labels=list(metric.labelnames))
+    series: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def entry(labels: dict[str, str]) -> dict[str, Any]:
+        key = tuple(labels.get(n, "") for n in metric.labelnames)
+        return series.setdefault(key, {"buckets": {}, "sum": 0.0})
+
+    for labels, value in parsed.get(f"{metric.name}_bucket", []):
+        le = labels.get("le", "+Inf")
+        buckets = entry(labels)["buckets"]
+        buckets[le] = buckets.get(le, 0.0) + value
+    for labels, value in parsed.get(f"{metric.name}_sum", []):
+        entry(labels)["sum"] += value
+    for key, data in sorted(series.items()):
+        known = dict.fromkeys(metric._bounds, 0.0)
+        known.update(data["buckets"])
+        known.setdefault("+Inf", 0.0)
+        cumulative, running = [], 0.0
+        for le in sorted(known, key=float):
+            running += known[le]
+            cumulative.append((le, running))
+        fam.add_metric(list(key), cumulative, sum_value=data["sum"])
+    return fam
+
+
+class _Families:
+    """An object with ``collect()``, which is all ``generate_latest`` needs."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def render_cluster(snap: ClusterSnapshot) -> bytes:
+    """The Prometheus text of the cluster metrics in ``snap``."""
+    return generate_latest(_Families(_cluster_families(snap)))  # type: ignore[arg-type]
+
+
+# -- process metrics (the API) ------------------------------------------------------------------
+
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class HttpMetrics:
+    """The API process's HTTP metrics, on a registry of its own (one per app instance)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "predq_http_requests", "HTTP requests, by method, route template and status code.",
+            ("method", "route", "status"), registry=self.registry)
+        self.duration = Histogram(
+            "predq_http_request_duration_seconds",
+            "HTTP request latency (to the last body byte), by method and route template.",
+            ("method", "route"), buckets=HTTP_BUCKETS, registry=self.registry)
+        if not self.multiprocess():
+            from prometheus_client import PlatformCollector, ProcessCollector
+
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+
+    @staticmethod
+    def multiprocess() -> bool:
+        """Whether prometheus_client runs in multiprocess mode (several uvicorn workers)."""
+        return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.duration.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        """This process's metrics, or, in multiprocess mode, those of all API processes."""
+        if self.multiprocess():
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+# -- broker lists ---------------------------------------------------------------------------------
+
+#: kombu's Redis transport keeps messages of priority n > 0 in ``<queue>\x06\x16<n>``.
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+#: kombu's hash of delivered, unacknowledged messages (its default ``unacked_key``).
+UNACKED_KEY = "unacked"
+
+
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists holding ``queue``'s waiting messages, every priority included."""
+    return [queue, *(f"{queue}{PRIORITY_SEP}{n}" for n in PRIORITY_STEPS)]

@@ -1,0 +1,107 @@
+"""Redis clients built from the settings, for a plain server or Redis Sentinel.
+
+``PREDQ_REDIS_URL`` is either ``redis://`` / ``rediss://`` (one server), or, for Sentinel,
+kombu's form: ``sentinel://[:password@]host:port[/db]`` with several nodes joined by ``;``
+(``sentinel://:pw@s1:26379/0;sentinel://:pw@s2:26379/0``) plus ``PREDQ_REDIS_SENTINEL_MASTER``.
+The password in the URL is the *master's*; ``PREDQ_REDIS_SENTINEL_PASSWORD`` is for the
+Sentinel nodes themselves when they require one. Celery gets the same URL and
+:func:`celery_transport_options`, so the API, the workers and Flower all follow a failover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from shared.settings import Settings
+
+SENTINEL_SCHEME = "sentinel://"
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """The Sentinel nodes and the master's database and credentials."""
+
+    nodes: list[tuple[str, int]]
+    db: int
+    username: str | None
+    password: str | None
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith(SENTINEL_SCHEME)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Parse kombu's ``sentinel://...;sentinel://...`` URL (ValueError when malformed)."""
+    nodes: list[tuple[str, int]] = []
+    db, username, password = 0, None, None
+    for part in (p.strip() for p in url.split(";") if p.strip()):
+        if not is_sentinel(part):
+            raise ValueError(f"every node of a Sentinel URL must start with sentinel://: {part!r}")
+        u = urlsplit(part)
+        if not u.hostname:
+            raise ValueError("a Sentinel node has no host")
+        nodes.append((u.hostname, u.port or 26379))
+        if u.password:
+            password = unquote(u.password)
+        if u.username:
+            username = unquote(u.username)
+        if u.path.strip("/"):
+            db = int(u.path.strip("/"))
+    if not nodes:
+        raise ValueError("the Sentinel URL names no node")
+    return SentinelTarget(nodes, db, username, password)
+
+
+def _master(settings: Settings) -> str:
+    if not settings.redis_sentinel_master:
+        raise ValueError("PREDQ_REDIS_URL is a sentinel:// URL: set PREDQ_REDIS_SENTINEL_MASTER "
+                         "to the name of the monitored master")
+    return settings.redis_sentinel_master
+
+
+def _sentinel_kwargs(settings: Settings, kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs}
+    if settings.redis_sentinel_password:
+        out["password"] = settings.redis_sentinel_password
+    return out
+
+
+def sync_client(settings: Settings, **kwargs: Any) -> Any:
+    """A blocking ``redis.Redis`` (of the current master, under Sentinel)."""
+    import redis
+
+    if not is_sentinel(settings.redis_url):
+        return redis.Redis.from_url(settings.redis_url, **kwargs)
+    from redis.sentinel import Sentinel
+
+    t = parse_sentinel_url(settings.redis_url)
+    sentinel = Sentinel(t.nodes, sentinel_kwargs=_sentinel_kwargs(settings, kwargs))
+    return sentinel.master_for(_master(settings), redis_class=redis.Redis, db=t.db,
+                               username=t.username, password=t.password, **kwargs)
+
+
+def async_client(settings: Settings, **kwargs: Any) -> Any:
+    """An asyncio ``redis.asyncio.Redis`` (of the current master, under Sentinel)."""
+    import redis.asyncio as aioredis
+
+    if not is_sentinel(settings.redis_url):
+        return aioredis.Redis.from_url(settings.redis_url, **kwargs)
+    from redis.asyncio.sentinel import Sentinel
+
+    t = parse_sentinel_url(settings.redis_url)
+    sentinel = Sentinel(t.nodes, sentinel_kwargs=_sentinel_kwargs(settings, kwargs))
+    return sentinel.master_for(_master(settings), redis_class=aioredis.Redis, db=t.db,
+                               username=t.username, password=t.password, **kwargs)
+
+
+def celery_transport_options(settings: Settings) -> dict[str, Any]:
+    """Extra ``broker_transport_options`` for kombu's Redis transport (Sentinel's master)."""
+    if not is_sentinel(settings.redis_url):
+        return {}
+    opts: dict[str, Any] = {"master_name": _master(settings)}
+    if settings.redis_sentinel_password:
+        opts["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
+    return opts

@@ -1,0 +1,214 @@
+"""The ``predq.webhook`` Celery task, delivered beside the predict pool, never inside it.
+
+A delivery waits on someone else's server for up to the webhook timeout. Run in the prefork
+pool, a few dead receivers would hold every pool process and stall the predict batches, so
+the task has its own consumer strategy (as ``predq.predict`` does): each message is handed
+to a small thread pool in the worker's main process (``PREDQ_WEBHOOK_CONCURRENCY`` threads),
+and acknowledged from the consumer's event loop once its attempt is recorded (acks late: a
+worker that dies mid-attempt leaves the message to be redelivered). Messages waiting for a
+thread raise the consumer's prefetch limit, as ETA tasks do, so a backlog of deliveries
+never starves the predict queues of prefetch slots.
+
+Retries are not Celery ETA messages: Redis redelivers ETA messages held past the visibility
+timeout, and the schedule spans hours. The delivery writes the due time into the
+``webhook_due`` sorted set, and a pump thread in every worker publishes due deliveries as
+ordinary ``predq.webhook`` messages (the Lua script makes each publication happen once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from celery import Celery, Task, signals
+from celery.utils.imports import symbol_by_name
+from celery.worker.request import create_request_cls
+from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
+
+from shared.keys import Keys
+from shared.messages import WEBHOOK_TASK, webhook_message
+from shared.redis_conn import sync_client
+from shared.settings import Settings
+from shared.webhook_state import WebhookStore, split_member
+from worker.delivery import LEASE_MARGIN_S, Deliverer
+
+log = logging.getLogger("predq.worker.webhooks")
+
+#: How often the pump looks for due retries (also the latency it adds to one).
+PUMP_INTERVAL_S = 0.25
+#: Most due deliveries published per pump round trip.
+PUMP_BATCH = 200
+#: Pause before a message whose delivery raised (Redis unreachable) is requeued.
+REQUEUE_PAUSE_S = 2.0
+#: Waiting messages that raise the prefetch limit, per delivery thread.
+HELD_PER_THREAD = 4
+
+
+class WebhookRunner:
+    """Consumer-side delivery: a thread pool, the pump, and the Celery strategy."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._deliverer: Deliverer | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pump: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._held = 0
+
+    # -- resources (created on first use, in the process that uses them) ----------------
+    def deliverer(self) -> Deliverer:
+        with self._lock:
+            if self._deliverer is None:
+                client = sync_client(
+                    self.settings, health_check_interval=30, socket_keepalive=True,
+                    retry_on_timeout=True, socket_timeout=10)
+                self._deliverer = Deliverer(client, self.settings)
+            return self._deliverer
+
+    def start(self) -> None:
+        """Start the delivery threads and the pump (idempotent)."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.settings.webhook_concurrency,
+                                                    thread_name_prefix="predq-webhook")
+            if self._pump is None:
+                self._pump = threading.Thread(target=self._pump_loop, name="predq-webhook-pump",
+                                              daemon=True)
+                self._pump.start()
+
+    def stop(self) -> None:
+        """Stop the pump; cancel waiting deliveries (their messages stay unacked, so the
+        broker restores them); attempts in flight finish within the timeout."""
+        self._stopping.set()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the pump ----------------------------------------------------------------------
+    def pump_once(self, now: float | None = None) -> int:
+        """Publish every delivery whose time has come; returns how many."""
+        d = self.deliverer()
+        store = WebhookStore(d.client, Keys(self.settings.key_prefix),
+                             self.settings.webhook_queue)
+        now = time.time() if now is None else now
+        total = 0
+        while True:
+            members = store.due(now, PUMP_BATCH)
+            if not members:
+                return total
+            entries = []
+            for member in members:
+                job_id, event = split_member(member)
+                entries.append((member, webhook_message(job_id, event,
+                                                        self.settings.webhook_queue)))
+            lease_until = now + self.settings.webhook_timeout_s + LEASE_MARGIN_S
+            total += int(store.pump(now, lease_until, entries))
+            if len(members) < PUMP_BATCH:
+                return total
+
+    def _pump_loop(self) -> None:
+        while not self._stopping.wait(PUMP_INTERVAL_S):
+            try:
+                self.pump_once()
+            except Exception:
+                log.warning("webhook pump: Redis error; retrying", exc_info=True)
+                self._stopping.wait(1.0)
+
+    # -- the Celery side ----------------------------------------------------------------
+    def strategy(self, task: Any, app: Celery, consumer: Any) -> Any:
+        """The message handler of ``predq.webhook`` (see the module docstring)."""
+        self.start()
+        hostname = consumer.hostname
+        eventer = consumer.event_dispatcher
+        connection_errors = consumer.connection_errors
+        req_cls = create_request_cls(symbol_by_name(task.Request), task, consumer.pool,
+                                     hostname, eventer, app=app)
+
+        def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
+                    **kw: Any) -> None:
+            if body is None and "args" not in message.payload:
+                body, headers, decoded, utc = (message.body, message.headers, False,
+                                               app.uses_utc_timezone())
+            elif "args" in message.payload:
+                body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
+            else:
+                body, headers, decoded, utc = proto1_to_proto2(message, body)
+            req = req_cls(message, on_ack=ack, on_reject=reject, app=app, hostname=hostname,
+                          eventer=eventer, task=task, body=body, headers=headers,
+                          decoded=decoded, utc=utc, connection_errors=connection_errors)
+            signals.task_received.send(sender=consumer, request=req)
+            req.send_event("task-received", name=req.name, args=req.argsrepr,
+                           kwargs=req.kwargsrepr, root_id=req.root_id,
+                           parent_id=req.parent_id, retries=0, eta=None, expires=None)
+            self._submit(req, consumer)
+
+        return handler
+
+    def _submit(self, req: Any, consumer: Any) -> None:
+        """Hand ``req`` to a delivery thread (called on the consumer's event loop)."""
+        executor = self._executor
+        if executor is None or self._stopping.is_set():
+            return  # shutting down: left unacked, restored by the broker
+        counted = self._held < self.settings.webhook_concurrency * HELD_PER_THREAD
+        if counted:
+            consumer.qos.increment_eventually()
+        self._held += 1
+        started = time.monotonic()
+        try:
+            future = executor.submit(self._run, req.args)
+        except RuntimeError:  # the executor was shut down meanwhile
+            self._held -= 1
+            if counted:
+                consumer.qos.decrement_eventually()
+            return
+        future.add_done_callback(
+            lambda f: consumer.call_soon(self._done, req, f, counted, consumer, started))
+
+    def _run(self, args: list[Any]) -> str:
+        job_id, event = str(args[0]), str(args[1])
+        return self.deliverer().deliver(job_id, event)
+
+    def _done(self, req: Any, future: Future[str], counted: bool, consumer: Any,
+              started: float) -> None:
+        """Acknowledge (or requeue) on the consumer's event loop, where kombu may be used."""
+        self._held -= 1
+        if counted:
+            consumer.qos.decrement_eventually()
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            req.send_event("task-succeeded", result=future.result(),
+                           runtime=time.monotonic() - started)
+            req.acknowledge()
+            return
+        log.error("webhook %s: delivery raised; requeued in %gs", req.args, REQUEUE_PAUSE_S,
+                  exc_info=exc)
+        req.send_event("task-failed", exception=repr(exc), traceback="")
+        consumer.timer.call_after(REQUEUE_PAUSE_S, req.reject, (), {"requeue": True})
+
+
+def register_webhook_task(app: Celery, settings: Settings) -> WebhookRunner:
+    """Register ``predq.webhook`` on ``app``; returns the runner that delivers it."""
+    runner = WebhookRunner(settings)
+
+    class WebhookTask(Task):  # type: ignore[misc]
+        abstract = True
+
+        def Strategy(self, task: Any, app: Celery, consumer: Any) -> Any:  # noqa: N802
+            return runner.strategy(task, app, consumer)
+
+    @app.task(base=WebhookTask, name=WEBHOOK_TASK, bind=True, acks_late=True)
+    def webhook(self: Any, job_id: str, event: str) -> str:
+        """Deliver in the calling thread (used only when called directly, e.g. apply())."""
+        return runner.deliverer().deliver(job_id, event)
+
+    def _on_shutdown(**_: Any) -> None:
+        runner.stop()
+
+    signals.worker_shutting_down.connect(_on_shutdown, weak=False)
+    app.predq_webhooks = runner  # type: ignore[attr-defined]
+    return runner
