@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.waiters import Waiters
 from shared.auth import ANONYMOUS, KeyRing, Principal
 from shared.errors import ModelNotFound, PredqError
-from shared.jobs import AsyncJobs
+from shared.jobs import AsyncJobs, queue_position
 from shared.registry import Manifest, Registry
 from shared.schema import ModelSchema
 from shared.settings import Settings
@@ -43,8 +43,8 @@ class AppState:
     webhook_guard: Callable[[Any], None] | None = None
 
     async def queue_info(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Extra fields for a queued job (position, ETA); empty when unknown."""
-        return {}
+        """Extra fields for a queued job (position, ETA); empty otherwise."""
+        return await queue_position(self.jobs, job)
 
     def schema_for(self, manifest: Manifest) -> ModelSchema:
         key = (manifest.name, manifest.version, manifest.sha256)

@@ -51,7 +51,7 @@ if __package__ in (None, ""):  # ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import cpu  # noqa: E402
-from predq.procs import Child, Supervisor, tail_file, wait_for_url  # noqa: E402
+from predq.procs import Child, Supervisor, wait_for_url  # noqa: E402
 from predq.redis_server import RedisServer, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -588,6 +588,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP: unwind like Ctrl-C, so every child process is stopped."""
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short phases (about 1 minute)")
@@ -603,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stopped)
     result = run(args)
     table = markdown(result)
     result["markdown"] = table

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import shlex
 import signal
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from predq.procs import Supervisor
     from predq.redis_server import RedisServer
 
-#: Seconds uvicorn waits for open requests on shutdown before closing them.
-API_GRACEFUL_SHUTDOWN_S = 5
 #: Seconds ``up`` gives its children to exit after SIGTERM before it sends SIGKILL.
 UP_STOP_GRACE_S = 15.0
 #: Seconds ``up`` waits for the API's /healthz after starting it.
@@ -79,7 +78,10 @@ def api(host: str, port: int, workers: int) -> None:
     """Run the HTTP API (uvicorn, api.app:create_app)."""
     import uvicorn
 
+    from predq.ops import prepare_api_process
+
     settings = get_settings()
+    prepare_api_process(settings, workers)
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -87,8 +89,9 @@ def api(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         limit_concurrency=settings.limit_concurrency,
-        timeout_graceful_shutdown=API_GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=math.ceil(settings.api_shutdown_grace_s),
         access_log=False,  # the app logs each request itself
+        log_config=None,  # shared.logging configures every logger, uvicorn's included
         log_level=_uvicorn_log_level(settings.log_level),
         server_header=False,
     )
@@ -110,11 +113,11 @@ def worker(
 ) -> None:
     """Run a Celery worker of the predict and webhook queues."""
     settings = get_settings()
-    queue_list = (
+    queue_list = list(dict.fromkeys(  # de-duplicated, in order
         [q.strip() for q in queues.split(",") if q.strip()]
         if queues
         else [*settings.all_predict_queues(), settings.webhook_queue]
-    )
+    ))
     if not queue_list:
         raise click.BadParameter("no queue given", param_hint="--queues")
     argv = [
@@ -189,7 +192,7 @@ def demo_curl(base_url: str, api_key: str | None = None) -> DemoCurl:
 
 
 class _StopRequested(BaseException):
-    """SIGTERM or SIGHUP reached ``up``: treated like Ctrl-C (a BaseException, like it)."""
+    """SIGINT, SIGTERM or SIGHUP reached ``up`` (a BaseException, like KeyboardInterrupt)."""
 
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
@@ -198,8 +201,13 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
 
 @contextmanager
 def _signals_raise_stop() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`_StopRequested` (SIGINT raises KeyboardInterrupt)."""
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    """SIGINT, SIGTERM and SIGHUP raise :class:`_StopRequested`.
+
+    SIGINT too: a shell starts a background job (``predq up &``) with SIGINT ignored, and
+    Python then never raises KeyboardInterrupt, yet ``kill -INT`` must still stop the stack.
+    """
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, _raise_stop) for s in stop_signals}
     try:
         yield
     finally:
@@ -317,7 +325,10 @@ def _shutdown(sup: Supervisor, redis: RedisServer | None) -> None:
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, hurry)
     try:
-        sup.stop_all(timeout=UP_STOP_GRACE_S, hurry=lambda: hurry.flag)
+        from predq.ops import supervisor_grace
+
+        grace = supervisor_grace(get_settings(), UP_STOP_GRACE_S)
+        sup.stop_all(timeout=grace, hurry=lambda: hurry.flag)
         if redis is not None:
             redis.stop(timeout=1.0 if hurry.flag else 10.0)
     finally:

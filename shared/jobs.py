@@ -7,18 +7,27 @@ code, no Celery client. A read is one pipeline (HMGET + PTTL).
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 from typing import Any
 
 import orjson
 
-from shared.errors import JobConflict, JobNotFound
-from shared.keys import Keys
+from shared.errors import JobConflict, JobNotFound, QueueFull
+from shared.keys import DRAIN_WINDOW_S, Keys
 from shared.messages import predict_message
 from shared.schema import ParsedJob
 from shared.settings import Settings
-from shared.store import QUEUED, TERMINAL, VIEW_FIELDS, Scripts, decode_fields, now_iso
+from shared.store import (
+    QUEUED,
+    TERMINAL,
+    VIEW_FIELDS,
+    Scripts,
+    decode_fields,
+    drain_bucket,
+    now_iso,
+)
 
 
 class AsyncJobs:
@@ -55,12 +64,21 @@ class AsyncJobs:
             "cancel_after": time.time() + cancel_after if cancel_after else None,
         }
         idem = self.keys.idempotency(owner, idempotency_key) if idempotency_key else None
-        got_id, got_fp = await self.scripts.submit(
+        reply = await self.scripts.submit(
             job_id=job_id, fields=fields,
             message=predict_message(job_id, model, version, parsed.n_rows, queue),
             queue=queue, model=model, n_rows=parsed.n_rows, ttl=self.settings.result_ttl_s,
             idempotency_key=idem, fingerprint=fingerprint,
+            max_queued_rows=self.settings.queue_max_rows,
         )
+        got_id, got_fp = reply[0], reply[1]
+        if not got_id:
+            queued, drained = int(reply[2]), int(reply[3])
+            retry = retry_after(queued + parsed.n_rows - self.settings.queue_max_rows, drained)
+            raise QueueFull(
+                f"the queue of model {model!r} holds {queued} rows (limit "
+                f"{self.settings.queue_max_rows}); it drains at about "
+                f"{drained / DRAIN_WINDOW_S:.0f} rows/s", retry_after=retry)
         got_id = got_id.decode() if isinstance(got_id, bytes) else got_id
         got_fp = got_fp.decode() if isinstance(got_fp, bytes) else got_fp
         if got_id != job_id and got_fp != fingerprint:
@@ -103,6 +121,40 @@ class AsyncJobs:
             ended = status.removeprefix("ended:")
             raise JobConflict(f"job {job_id} already ended with status {ended!r}")
         return await self.read(job_id, owner)
+
+
+def retry_after(excess_rows: int, drained_rows: int) -> int:
+    """Seconds until ``excess_rows`` will have drained at the measured rate (rows drained in
+    the last DRAIN_WINDOW_S). With no measurement yet, one window: the time it takes to get
+    one. Bounded to 1 s .. 1 h."""
+    if drained_rows <= 0:
+        return DRAIN_WINDOW_S
+    rate = drained_rows / DRAIN_WINDOW_S
+    return max(1, min(3600, math.ceil(max(excess_rows, 1) / rate)))
+
+
+async def queue_position(jobs: AsyncJobs, job: dict[str, Any]) -> dict[str, Any]:
+    """``queue_position`` (jobs of this model ahead, approximate) and ``eta_seconds`` of a
+    queued job, from the model's sequence counters and its measured drain rate."""
+    if job["status"] != QUEUED or job.get("seq") is None:
+        return {}
+    k = jobs.keys
+    model = job["model"]
+    async with jobs.client.pipeline(transaction=False) as pipe:
+        pipe.get(k.claimed_seq(model))
+        pipe.get(k.seq(model))
+        pipe.get(k.queued_rows(model))
+        pipe.hgetall(k.drain(model))
+        claimed, last, qrows, buckets = await pipe.execute()
+    claimed, last, qrows = int(claimed or 0), int(last or 0), int(qrows or 0)
+    position = max(0, job["seq"] - claimed - 1)
+    oldest = drain_bucket(time.time() - DRAIN_WINDOW_S)
+    drained = sum(int(v) for b, v in buckets.items() if int(b) >= oldest)
+    out: dict[str, Any] = {"queue_position": position}
+    if drained > 0:
+        ahead = qrows * (position + 1) / max(1, last - claimed)
+        out["eta_seconds"] = round(ahead / (drained / DRAIN_WINDOW_S), 1)
+    return out
 
 
 def _valid_id(job_id: str) -> bool:

@@ -47,8 +47,25 @@ class Keys:
         return f"{self.prefix}:qrows:{model}"
 
     def drain(self, model: str) -> str:
-        """Hash of the measured drain rate of one model (rows/s), for Retry-After and ETAs."""
+        """Hash of rows finished per 10-second bucket for one model: its measured drain rate,
+        for Retry-After and ETAs. Buckets older than DRAIN_WINDOW_S are deleted as it goes."""
         return f"{self.prefix}:drain:{model}"
+
+    def seq(self, model: str) -> str:
+        """Counter: the sequence number of the last job submitted for one model."""
+        return f"{self.prefix}:seq:{model}"
+
+    def claimed_seq(self, model: str) -> str:
+        """The highest sequence number a worker has claimed for one model (queue position)."""
+        return f"{self.prefix}:claimed:{model}"
+
+    def running(self) -> str:
+        """Sorted set of running job ids (score: claim time), scanned by the reaper."""
+        return f"{self.prefix}:running"
+
+    def reaper_lock(self) -> str:
+        """Lock so that one worker at a time reaps stuck jobs."""
+        return f"{self.prefix}:lock:reaper"
 
     def webhook_dead(self) -> str:
         """Sorted set of job ids whose webhook exhausted its attempts (dead letters)."""
@@ -74,6 +91,10 @@ class Keys:
         increment (field: sample name and labels; see shared.metrics)."""
         return f"{self.prefix}:metrics"
 
+
+#: Seconds of history behind the drain rate (in DRAIN_BUCKET_S buckets).
+DRAIN_WINDOW_S = 60
+DRAIN_BUCKET_S = 10
 
 #: How many recent batch sizes are kept in ``recent_batches``.
 RECENT_BATCHES = 1000

@@ -29,7 +29,7 @@ _SECRET_RES = (
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message", "asctime", "taskName", "color_message"}
+    "message", "asctime", "taskName", "color_message", "component"}
 
 _MARK = "_predq_handler"
 
@@ -81,12 +81,14 @@ def _text(value: Any) -> str:
 
 
 def _json_formatter(component: str) -> logging.Formatter:
+    from pythonjsonlogger.core import RESERVED_ATTRS
     from pythonjsonlogger.json import JsonFormatter
 
     return JsonFormatter(
-        "{asctime}{levelname}{name}{message}", style="{",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        "{levelname}{name}{message}", style="{", timestamp="time",  # ISO 8601, UTC
+        rename_fields={"levelname": "level", "name": "logger"},
         static_fields={"component": component},
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
     )
 
 
@@ -106,7 +108,12 @@ def configure_logging(settings: Settings, component: str) -> None:
     handler.addFilter(RedactSecrets())
     root.addHandler(handler)
     root.setLevel(settings.log_level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "flower"):
+    for name in ("uvicorn", "uvicorn.error", "celery", "flower"):
         other = logging.getLogger(name)
         other.handlers.clear()
         other.propagate = True
+    # The API logs each request itself (api.middleware), without client addresses or query
+    # strings; uvicorn's access log would add both.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False

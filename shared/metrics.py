@@ -31,7 +31,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -166,8 +172,8 @@ MODEL_LOAD_SECONDS = ClusterCounter(
     "predq_model_load_seconds_total", "Seconds spent loading models (sha256 check, unpickling).")
 WEBHOOK_DELIVERIES = ClusterCounter(
     "predq_webhook_deliveries_total",
-    "Webhook delivery attempts, by outcome (e.g. delivered, retry, dead, rejected).",
-    ("outcome",), initial=(("delivered",), ("retry",), ("dead",)))
+    "Webhook delivery attempts, by outcome (delivered, retry, failed, ...).",
+    ("outcome",), initial=(("delivered",), ("retry",), ("failed",)))
 WEBHOOK_DURATION = ClusterHistogram(
     "predq_webhook_delivery_duration_seconds", "Duration of one webhook delivery attempt.",
     (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
@@ -183,7 +189,7 @@ def record_webhook(pipe_or_client: Any, keys: Keys, outcome: str,
     """Count one webhook delivery attempt; never raises.
 
     Pass the pipeline you already execute (no extra round trip) or a sync client. ``outcome``
-    is a short lowercase word (``delivered``, ``retry``, ``dead``, ``rejected``, ...); anything
+    is a short lowercase word (``delivered``, ``retry``, ``failed``, ...); anything
     else is counted as ``other``. ``None`` as ``pipe_or_client`` is a no-op.
     """
     if pipe_or_client is None:
@@ -309,6 +315,8 @@ class HttpMetrics:
     """The API process's HTTP metrics, on a registry of its own (one per app instance)."""
 
     def __init__(self) -> None:
+        # No *_created series: they double the output and dashboards do not use them.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "predq_http_requests", "HTTP requests, by method, route template and status code.",

@@ -98,10 +98,17 @@ class Settings(BaseSettings):
         300.0, description="Hard time limit of one batch; its jobs fail past it."
     )
     max_deliveries: PositiveInt = Field(
-        3, description="A job delivered this many times without finishing is failed (poison)."
+        5, description="A job delivered this many times without finishing is failed (poison)."
     )
     visibility_timeout_s: PositiveInt = Field(
         600, description="Unacked messages of a dead worker are redelivered after this."
+    )
+    reaper_interval_s: PositiveFloat = Field(
+        30.0, description="How often a worker looks for jobs stuck in 'running'."
+    )
+    stuck_after_s: PositiveFloat = Field(
+        900.0,
+        description="A job running this long is redelivered by the reaper (> the time limit).",
     )
     queue_max_rows: PositiveInt = Field(
         2_000_000, description="Rows queued per model before new jobs get 429."

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from shared.keys import Keys
+from shared.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, Keys
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED = (
     "queued", "running", "succeeded", "failed", "cancelled", "expired",
@@ -25,9 +25,11 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED = (
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
 
-# KEYS: job, idempotency ("" for none), queue list, queued-rows counter
-# ARGV: job_id, ttl, message, n_rows, fingerprint, field1, value1, ...
-# Returns {job_id, fingerprint}: the new job's, or the one already created for that key.
+# KEYS: job, idempotency ("" for none), queue list, queued-rows counter, model seq, drain
+# ARGV: job_id, ttl, message, n_rows, fingerprint, max_queued_rows, oldest drain bucket,
+#       field1, value1, ...
+# Returns {job_id, fingerprint}: the new job's, or the one already created for that key; or
+# {'', 'full', queued_rows, rows_drained_in_window} when the model's queue is full.
 _SUBMIT = """
 if KEYS[2] ~= '' then
   local prior = redis.call('GET', KEYS[2])
@@ -35,10 +37,21 @@ if KEYS[2] ~= '' then
     local sep = string.find(prior, '|', 1, true)
     return {string.sub(prior, 1, sep - 1), string.sub(prior, sep + 1)}
   end
+end
+local queued = tonumber(redis.call('GET', KEYS[4]) or '0')
+if queued > 0 and queued + tonumber(ARGV[4]) > tonumber(ARGV[6]) then
+  local drained = 0
+  local buckets = redis.call('HGETALL', KEYS[6])
+  for i = 1, #buckets, 2 do
+    if tonumber(buckets[i]) >= tonumber(ARGV[7]) then drained = drained + tonumber(buckets[i + 1]) end
+  end
+  return {'', 'full', tostring(queued), tostring(drained)}
+end
+if KEYS[2] ~= '' then
   redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[2])
 end
-local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+local fields = {'seq', redis.call('INCR', KEYS[5])}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[3])
@@ -46,15 +59,24 @@ redis.call('INCRBY', KEYS[4], ARGV[4])
 return {ARGV[1], ARGV[5]}
 """
 
-# KEYS: the batch's job hashes.  ARGV: now_iso, now_unix, max_deliveries, channel, qrows keys...
-# For each job returns {code, inputs, webhook, created_at}: code is 'ok' (claimed; now running;
-# created_at lets the worker measure the queue wait), or the reason it
-# is skipped: 'missing', a terminal status, 'expired' (deadline passed), 'poison'.
+# KEYS: the batch's job hashes.
+# ARGV: now_iso, now_unix, max_deliveries, channel, running set, then per job its model's
+#       queued-rows counter and claimed-seq key.
+# For each job returns {code, inputs, webhook}: code is 'ok' (claimed; now running), or the
+# reason it is skipped: 'missing', a terminal status, 'expired' (deadline passed), 'poison'.
 _CLAIM = """
 local out = {}
+local function ended(key, status, err)
+  local id = string.sub(key, string.find(key, ':job:', 1, true) + 5)
+  redis.call('HSET', key, 'status', status, 'finished_at', ARGV[1], 'error', err)
+  redis.call('HDEL', key, 'inputs')
+  redis.call('ZREM', ARGV[5], id)
+  redis.call('PUBLISH', ARGV[4], id)
+end
 for i, key in ipairs(KEYS) do
   local st = redis.call('HGET', key, 'status')
-  local qrows = ARGV[4 + i]
+  local qrows = ARGV[4 + 2 * i]
+  local claimed = ARGV[5 + 2 * i]
   if not st then
     out[i] = {'missing', '', ''}
   elseif st ~= 'queued' and st ~= 'running' then
@@ -62,41 +84,39 @@ for i, key in ipairs(KEYS) do
   else
     if st == 'queued' then
       redis.call('DECRBY', qrows, redis.call('HGET', key, 'n_inputs'))
+      local seq = tonumber(redis.call('HGET', key, 'seq') or '0')
+      if seq > tonumber(redis.call('GET', claimed) or '0') then redis.call('SET', claimed, seq) end
     end
     local deadline = redis.call('HGET', key, 'cancel_after')
     local n = redis.call('HINCRBY', key, 'deliveries', 1)
     if st == 'queued' and deadline and tonumber(ARGV[2]) > tonumber(deadline) then
-      redis.call('HSET', key, 'status', 'expired', 'finished_at', ARGV[1],
-                 'error', '{"type":"Expired","message":"cancel_after passed while queued"}')
-      redis.call('HDEL', key, 'inputs')
-      redis.call('PUBLISH', ARGV[4], string.sub(key, string.find(key, ':job:', 1, true) + 5))
+      ended(key, 'expired', '{"type":"Expired","message":"cancel_after passed while queued"}')
       out[i] = {'expired', '', ''}
     elseif n > tonumber(ARGV[3]) then
-      redis.call('HSET', key, 'status', 'failed', 'finished_at', ARGV[1], 'error',
-        '{"type":"PoisonJob","message":"delivered ' .. (n - 1) ..
+      ended(key, 'failed', '{"type":"PoisonJob","message":"delivered ' .. (n - 1) ..
         ' times without finishing (its worker died each time); not retried again"}')
-      redis.call('HDEL', key, 'inputs')
-      redis.call('PUBLISH', ARGV[4], string.sub(key, string.find(key, ':job:', 1, true) + 5))
       out[i] = {'poison', '', ''}
     else
       if st == 'queued' then
         redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1])
       end
-      local f = redis.call('HMGET', key, 'inputs', 'webhook', 'created_at')
-      out[i] = {'ok', f[1] or '', f[2] or '', f[3] or ''}
+      redis.call('ZADD', ARGV[5], ARGV[2], string.sub(key, string.find(key, ':job:', 1, true) + 5))
+      local f = redis.call('HMGET', key, 'inputs', 'webhook')
+      out[i] = {'ok', f[1] or '', f[2] or ''}
     end
   end
 end
 return out
 """
 
-# KEYS: job hashes.  ARGV: now_iso, ttl, channel, then per job 5 values:
+# KEYS: job hashes.  ARGV: now_iso, ttl, channel, running set, then per job 5 values:
 # status, field ('outputs' or 'error'), payload, webhook queue ('' for none), webhook message.
 # A job is finished only while it is 'running'; returns 1 per job finished, 0 if discarded.
 _FINISH = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local b = 3 + (i - 1) * 5
+  local b = 4 + (i - 1) * 5
+  redis.call('ZREM', ARGV[4], string.sub(key, string.find(key, ':job:', 1, true) + 5))
   if redis.call('HGET', key, 'status') == 'running' then
     redis.call('HSET', key, 'status', ARGV[b + 1], 'finished_at', ARGV[1], ARGV[b + 2], ARGV[b + 3])
     redis.call('HDEL', key, 'inputs')
@@ -111,7 +131,7 @@ end
 return out
 """
 
-# KEYS: job hash, queued-rows counter.  ARGV: now_iso, channel, job_id.
+# KEYS: job hash, queued-rows counter, running set.  ARGV: now_iso, channel, job_id.
 # Returns 'cancelled' when this call cancelled it, 'ended:<status>' when it had already ended
 # (cancelled included), or '' when the job does not exist.
 _CANCEL = """
@@ -123,6 +143,7 @@ if st == 'queued' then
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'inputs')
+redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 'cancelled'
 """
@@ -131,6 +152,7 @@ return 'cancelled'
 VIEW_FIELDS = (
     "status", "model", "version", "n_inputs", "created_at", "started_at", "finished_at",
     "error", "metadata", "webhook", "owner", "cancel_after", "webhook_state", "outputs",
+    "seq",
 )
 
 
@@ -152,23 +174,30 @@ class Scripts:
 
     def submit(self, *, job_id: str, fields: dict[str, Any], message: bytes, queue: str,
                model: str, n_rows: int, ttl: int, idempotency_key: str | None = None,
-               fingerprint: str = "") -> Any:
-        """Write the job and publish its message; returns ``[job_id, fingerprint]``."""
+               fingerprint: str = "", max_queued_rows: int = 2**62) -> Any:
+        """Write the job and publish its message, unless the model's queue is full.
+
+        Returns ``[job_id, fingerprint]`` or ``['', 'full', queued_rows, drained_rows]``.
+        """
         flat: list[Any] = []
         for k, v in fields.items():
             if v is not None:
                 flat += [k, v]
         return self._submit(
             keys=[self.keys.job(job_id), idempotency_key or "", queue,
-                  self.keys.queued_rows(model)],
-            args=[job_id, ttl, message, n_rows, fingerprint, *flat],
+                  self.keys.queued_rows(model), self.keys.seq(model), self.keys.drain(model)],
+            args=[job_id, ttl, message, n_rows, fingerprint, max_queued_rows,
+                  drain_bucket(time.time() - DRAIN_WINDOW_S), *flat],
         )
 
     def claim(self, job_ids: list[str], models: list[str], max_deliveries: int) -> Any:
+        per_job: list[str] = []
+        for m in models:
+            per_job += [self.keys.queued_rows(m), self.keys.claimed_seq(m)]
         return self._claim(
             keys=[self.keys.job(j) for j in job_ids],
             args=[now_iso(), time.time(), max_deliveries, self.keys.done_channel(),
-                  *(self.keys.queued_rows(m) for m in models)],
+                  self.keys.running(), *per_job],
         )
 
     def finish(self, results: list[tuple[str, str, str, bytes, str, bytes]], ttl: int,
@@ -177,7 +206,7 @@ class Scripts:
 
         ``client`` may be a pipeline, to send this with other commands in one round trip.
         """
-        args: list[Any] = [now_iso(), ttl, self.keys.done_channel()]
+        args: list[Any] = [now_iso(), ttl, self.keys.done_channel(), self.keys.running()]
         for _, status, field, payload, wq, msg in results:
             args += [status, field, payload, wq, msg]
         return self._finish(keys=[self.keys.job(r[0]) for r in results], args=args,
@@ -185,9 +214,14 @@ class Scripts:
 
     def cancel(self, job_id: str, model: str) -> Any:
         return self._cancel(
-            keys=[self.keys.job(job_id), self.keys.queued_rows(model)],
+            keys=[self.keys.job(job_id), self.keys.queued_rows(model), self.keys.running()],
             args=[now_iso(), self.keys.done_channel(), job_id],
         )
+
+
+def drain_bucket(t: float) -> int:
+    """The drain-rate bucket holding unix time ``t``."""
+    return int(t // DRAIN_BUCKET_S)
 
 
 def error_payload(kind: str, message: str) -> bytes:
@@ -205,7 +239,7 @@ def decode_fields(raw: list[bytes | None]) -> dict[str, Any]:
             out[name] = value
         elif name in ("error", "metadata", "webhook", "webhook_state"):
             out[name] = orjson.loads(value)
-        elif name == "n_inputs":
+        elif name in ("n_inputs", "seq"):
             out[name] = int(value)
         elif name == "cancel_after":
             out[name] = float(value)

@@ -179,13 +179,12 @@ def _registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     work = tmp_path_factory.mktemp("models")
     registry = Registry(work / "registry")
-    for name, train, push_kwargs in (
-        ("iris", train_demo_model, {"aliases": ("production",), "accepts_missing": False}),
-        ("mixed", train_mixed_pipeline, {}),
-    ):
-        artifact = work / f"{name}.joblib"
-        dump_estimator(train(), artifact, "joblib")
-        registry.push(artifact, name, **push_kwargs)
+    iris, mixed = work / "iris.joblib", work / "mixed.joblib"
+    dump_estimator(train_demo_model(), iris, "joblib")
+    dump_estimator(train_mixed_pipeline(), mixed, "joblib")
+    # iris exactly as predq.demo.ensure_demo registers it for `predq up`.
+    registry.push(iris, "iris", aliases=("production",), accepts_missing=False)
+    registry.push(mixed, "mixed")
     return registry.root
 
 

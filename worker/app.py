@@ -12,19 +12,22 @@ import math
 import os
 from typing import Any
 
-import redis
 from celery import Celery
 from kombu import Queue
 
 from shared.keys import Keys
 from shared.messages import PREDICT_TASK
+from shared.redis_conn import celery_transport_options, sync_client
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.store import Scripts
 from worker.batching import PredictBatches
 from worker.cache import ModelCache
 from worker.delivery import webhook_for
+from worker.lifecycle import install_lifecycle, node_name
+from worker.observe import BatchObserver
 from worker.predict import BatchPredictor
+from worker.reaper import reap
 from worker.webhooks import register_webhook_task
 
 log = logging.getLogger("predq.worker")
@@ -36,14 +39,17 @@ class _ProcessState:
     def __init__(self) -> None:
         self.pid = -1
         self.predictor: BatchPredictor | None = None
+        self.main_client: Any = None  # the consumer process's own client (the reaper)
 
     def get(self, settings: Settings) -> BatchPredictor:
         if self.predictor is None or self.pid != os.getpid():
-            client = redis.Redis.from_url(settings.redis_url, health_check_interval=30,
-                                          socket_keepalive=True, retry_on_timeout=True)
+            client = sync_client(settings, health_check_interval=30,
+                                 socket_keepalive=True, retry_on_timeout=True)
             cache = ModelCache(Registry(settings.registry_root), settings.model_cache_size)
-            self.predictor = BatchPredictor(Scripts(client, Keys(settings.key_prefix)),
-                                            settings, cache, webhook_for=webhook_for(settings))
+            keys = Keys(settings.key_prefix)
+            self.predictor = BatchPredictor(Scripts(client, keys),
+                                            settings, cache, webhook_for=webhook_for(settings),
+                                            observer=BatchObserver(keys, cache, node_name()))
             self.pid = os.getpid()
         return self.predictor
 
@@ -67,6 +73,8 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
+        # A global hard limit makes billiard run its timeout handler (per-batch limits).
+        task_time_limit=2 * settings.job_time_limit_s + 10,
         worker_prefetch_multiplier=prefetch_multiplier(settings),
         worker_send_task_events=True,
         task_send_sent_event=False,
@@ -79,6 +87,7 @@ def create_app(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             "socket_keepalive": True,
             "health_check_interval": 10,
+            **celery_transport_options(settings),
         },
         accept_content=["json"],
         task_serializer="json",
@@ -90,7 +99,15 @@ def create_app(settings: Settings) -> Celery:
         max_batch_jobs = settings.max_batch_jobs
         max_batch_rows = settings.max_batch_rows
         max_wait_s = settings.max_wait_ms / 1000.0
-        batch_time_limit = settings.job_time_limit_s
+        # The soft limit (SIGALRM in worker.timelimit) fails a slow model's jobs and keeps
+        # the process; this hard limit only replaces a process stuck inside one C call.
+        batch_time_limit = 2 * settings.job_time_limit_s + 10
+        reap_interval_s = settings.reaper_interval_s
+
+        def reap(self) -> None:
+            if state.main_client is None:
+                state.main_client = sync_client(settings, socket_timeout=5)
+            reap(state.main_client, Keys(settings.key_prefix), settings)
 
         def run_batch(self, batch_id: str, requests: list[tuple[str, str, str, int]]
                       ) -> dict[str, Any]:
@@ -103,5 +120,6 @@ def create_app(settings: Settings) -> Celery:
         raise RuntimeError("predq.predict runs through the batching strategy only")
 
     register_webhook_task(app, settings)
+    install_lifecycle(app, settings)
     app.predq_settings = settings  # type: ignore[attr-defined]
     return app

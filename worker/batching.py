@@ -58,6 +58,8 @@ class PredictBatches(Batches):
     max_wait_s = 0.010
     #: Hard time limit of one batch in seconds (None: no limit).
     batch_time_limit: float | None = None
+    #: Seconds between reaper passes (0: off); see worker.reaper.
+    reap_interval_s = 0.0
     #: Pause before a batch that failed outside its jobs is requeued.
     retry_pause_s = 1.0
 
@@ -75,11 +77,16 @@ class PredictBatches(Batches):
                   ) -> dict[str, Any]:
         raise NotImplementedError
 
+    def reap(self) -> None:
+        """Consumer side, every ``reap_interval_s``: redeliver stuck jobs (worker.reaper)."""
+
     # -- consumer side ------------------------------------------------------------
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery API)
         self._pool = consumer.pool
         self._slots = max(1, int(getattr(consumer.pool, "limit", 1) or 1))
         self._timer = consumer.timer
+        if self.reap_interval_s > 0:
+            consumer.timer.call_repeatedly(self.reap_interval_s, self.reap)
         hostname = consumer.hostname
         eventer = consumer.event_dispatcher
         connection_errors = consumer.connection_errors
@@ -143,6 +150,24 @@ class PredictBatches(Batches):
             r.reject(requeue=True)
         if self._reqs and self._inflight < self._slots:
             self._flush_now()
+
+    def return_buffered(self) -> int:
+        """Shutdown: give the buffered (never started) requests back to the broker.
+
+        Called by the consumer's lifecycle step when consuming stops, before the pool drains:
+        each message is requeued at the head of its queue for another worker, and nothing is
+        flushed to a pool that no longer accepts work. Returns how many were returned.
+        """
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        reqs, self._reqs, self._rows = self._reqs, [], 0
+        for r in reqs:
+            try:
+                r.reject(requeue=True)
+            except Exception as e:  # the channel is gone: the broker restores it on its own
+                log.warning("could not requeue job %s: %r", r.id, e)
+        return len(reqs)
 
     def flush(self, requests: Any) -> Any:
         reqs = list(requests)

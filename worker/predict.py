@@ -20,12 +20,13 @@ import numpy as np
 import orjson
 
 from shared import codec
-from shared.keys import RECENT_BATCHES
+from shared.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, RECENT_BATCHES
 from shared.registry import Manifest
 from shared.settings import Settings
-from shared.store import FAILED, SUCCEEDED, Scripts, error_payload
+from shared.store import FAILED, SUCCEEDED, Scripts, drain_bucket, error_payload
 from worker.cache import ModelCache
 from worker.observe import BatchObserver
+from worker.timelimit import JobTimeLimit, time_limit
 
 log = logging.getLogger("predq.worker")
 
@@ -109,7 +110,8 @@ class BatchPredictor:
             report.n_jobs += len(jobs)
             report.n_rows += sum(j.n_rows for j in jobs)
             for job, status, fld, payload in self._predict_group(model, version, jobs, report):
-                wq, msg = self.webhook_for(job.id, status, job.webhook) if job.webhook else ("", b"")
+                wq, msg = (self.webhook_for(job.id, status, job.webhook) if job.webhook
+                           else ("", b""))
                 finished.append((job.id, status, fld, payload, wq, msg))
         if finished or report.ended_at_claim:
             self._finish(finished, report)
@@ -139,6 +141,12 @@ class BatchPredictor:
                 pipe.hincrby(keys.batch_stats(), f"jobs_per_batch:{report.n_jobs}", 1)
                 pipe.lpush(keys.recent_batches(), f"{report.n_jobs},{report.n_rows}")
                 pipe.ltrim(keys.recent_batches(), 0, RECENT_BATCHES - 1)
+                bucket = drain_bucket(time.time())
+                for model, _, _, rows, _ in report.calls:  # the measured drain rate
+                    pipe.hincrby(keys.drain(model), str(bucket), rows)
+                    stale = bucket - DRAIN_WINDOW_S // DRAIN_BUCKET_S - 1
+                    pipe.hdel(keys.drain(model), str(stale))
+                    pipe.expire(keys.drain(model), 2 * DRAIN_WINDOW_S)
             if self.observer is not None:
                 self.observer.record(pipe, report, finished)
             replies = pipe.execute()
@@ -170,7 +178,15 @@ class BatchPredictor:
             except Exception as e:
                 results.append((j, FAILED, "error", error_payload("BadInputs", str(e))))
         t0 = time.perf_counter()
-        results += self._bisect(manifest, estimator, decoded)
+        try:
+            with time_limit(self.settings.job_time_limit_s):
+                results += self._bisect(manifest, estimator, decoded)
+        except JobTimeLimit as e:
+            log.warning("model %s v%s exceeded the time limit: %s", model, version, e)
+            done = {j.id for j, *_ in results}
+            msg = f"model {model} v{version}: {e} (PREDQ_JOB_TIME_LIMIT_S)"
+            results += [(j, FAILED, "error", error_payload("TimeLimitExceeded", msg))
+                        for j, _ in decoded if j.id not in done]
         report.calls.append((model, version, len(decoded), sum(j.n_rows for j, _ in decoded),
                              time.perf_counter() - t0))
         return results

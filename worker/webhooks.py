@@ -71,6 +71,8 @@ class WebhookRunner:
 
     def start(self) -> None:
         """Start the delivery threads and the pump (idempotent)."""
+        # httpx logs every request URL at INFO; receivers' URLs often carry tokens.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.settings.webhook_concurrency,

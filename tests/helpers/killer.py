@@ -1,0 +1,65 @@
+"""A model that kills the process predicting it (importable by workers via PYTHONPATH).
+
+Used by the reliability tests (tests/reliability/) for two faults the ordinary faulty models
+(:mod:`tests.helpers.faulty`) cannot produce:
+
+- a *poison* job: any row whose ``x1`` equals :data:`KILL_MARKER` makes ``predict_proba`` send
+  SIGKILL to its own process, as a segfaulting C extension or the OOM killer would. The worker
+  cannot catch that; only the job store's delivery count can stop the loop.
+- *duplicate execution* made visible: with ``noisy=True`` every call returns fresh random
+  probabilities, so if one job were ever predicted twice and both results were kept, a client
+  reading the job twice would see two different outputs.
+
+``delay`` sleeps that many seconds per call, so that a test can land a signal mid-batch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+#: The value of ``x1`` that kills the predicting process.
+KILL_MARKER = 666.0
+
+
+class Killer(ClassifierMixin, BaseEstimator):
+    """A two-class classifier over named features ``x1``, ``x2`` (see the module docstring)."""
+
+    def __init__(self, delay: float = 0.0, noisy: bool = True) -> None:
+        self.delay = delay
+        self.noisy = noisy
+
+    def fit(self, x: Any, y: Any) -> Killer:
+        self.classes_ = np.unique(y)
+        self.feature_names_in_ = np.asarray(x.columns, dtype=object)
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        values = np.asarray(x["x1"], dtype=float)
+        if (values == KILL_MARKER).any():
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(60)  # never reached: SIGKILL is not deliverable later than now
+        if self.delay:
+            time.sleep(self.delay)
+        n, k = len(values), len(self.classes_)
+        if not self.noisy:
+            return np.full((n, k), 1.0 / k)
+        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+        p = rng.random((n, k)) + 1e-3
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, x: Any) -> np.ndarray:
+        return self.classes_.take(np.argmax(self.predict_proba(x), axis=1))
+
+
+def train(delay: float = 0.0, noisy: bool = True) -> Killer:
+    import pandas as pd
+
+    x = pd.DataFrame({"x1": [0.0, 1.0, 2.0, 3.0], "x2": [1.0, 0.0, 1.0, 0.0]})
+    return Killer(delay, noisy).fit(x, np.array(["a", "b", "a", "b"]))

@@ -1,0 +1,154 @@
+"""Workers killed mid-batch, and a poison job that kills every worker that takes it.
+
+Issue 5, FAULTS: "Worker killed mid-batch". Real worker processes running the slow
+:class:`tests.helpers.killer.Killer` model (3 s per predict call, random outputs per call, so a
+job predicted twice with both results kept would show two different outputs).
+
+Recovery must be bounded by documented settings: ``PREDQ_VISIBILITY_TIMEOUT_S`` (how long an
+unacknowledged message of a dead worker stays invisible) and the reaper interval
+(``PREDQ_REAPER_INTERVAL_S``, the lead's setting for jobs stuck in ``running``), plus the time
+the batch itself takes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from tests.helpers.killer import KILL_MARKER
+from tests.reliability.conftest import diagnose, irows, job_hash, pool_pids, xrows
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
+
+DELAY_S = 3.0
+VISIBILITY_S = 5
+REAPER_S = 2
+MAX_DELIVERIES = 3
+ENV = {
+    "PREDQ_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
+    "PREDQ_REAPER_INTERVAL_S": str(REAPER_S),
+    "PREDQ_MAX_DELIVERIES": str(MAX_DELIVERIES),
+    "PREDQ_JOB_TIME_LIMIT_S": "60",
+    "PREDQ_WORKER_HEARTBEAT_S": "1",
+}
+#: The documented bound of a recovery: the message becomes visible again, a sweep (or the
+#: reaper) notices it, and the batch runs again (twice the predict time), plus slack for a
+#: shared, noisy 2-CPU machine and a worker start.
+RECOVERY_S = VISIBILITY_S + REAPER_S + 2 * DELAY_S + 25
+
+
+def _batch_in_flight(s: Any, n: int = 5) -> tuple[str, list[str]]:
+    """A blocker job runs; ``n`` jobs submitted meanwhile are buffered, then flushed together.
+
+    Returns (blocker id, ids of the batch) once all ``n`` are ``running`` (claimed by one
+    batch, mid-predict).
+    """
+    api = s.api
+    blocker = api.submit("slow", xrows(1))
+    assert api.wait_status(blocker, {"running"}, 20)["status"] == "running"
+    batch = [api.submit("slow", xrows(1 + i)) for i in range(n)]
+    deadline = time.monotonic() + 3 * DELAY_S + 10
+    for _ in range(400):
+        views = [api.get(j) for j in batch]
+        if all(v["status"] == "running" for v in views) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert all(v["status"] == "running" for v in views), [v["status"] for v in views]
+    assert api.get(blocker)["status"] == "succeeded"
+    time.sleep(0.5)  # well inside the 3 s predict call
+    return blocker, batch
+
+
+def _assert_all_succeeded(s: Any, ids: list[str], settings_env: dict[str, str],
+                          redis_url: str, timeout: float) -> float:
+    t0 = time.monotonic()
+    views = s.api.wait_all(ids, timeout)
+    took = time.monotonic() - t0
+    bad = {j: v for j, v in views.items() if v["status"] != "succeeded"}
+    assert not bad, (f"not succeeded {took:.1f} s after the kill (bound {timeout} s):\n"
+                     + diagnose(redis_url, settings_env["PREDQ_KEY_PREFIX"], bad))
+    for j in ids:
+        assert len(views[j]["outputs"]) == views[j]["n_inputs"]
+    # read everything again: the results must not change
+    time.sleep(1.0)
+    s.api.reread(ids)
+    s.api.reread(ids)
+    s.api.assert_no_double_results()
+    return took
+
+
+def test_sigkill_of_the_pool_process_mid_batch(rstack: Any, push: Any, redis_url: str,
+                                               settings_env: dict[str, str]) -> None:
+    push("slow", "killer", delay=DELAY_S)
+    s = rstack(concurrency=1, **ENV)
+    worker = s.workers[0]
+    _, batch = _batch_in_flight(s)
+    pids = pool_pids(worker)
+    assert len(pids) == 1, f"expected one pool process of {worker.child.pid}, found {pids}"
+    os.kill(pids[0], signal.SIGKILL)
+    took = _assert_all_succeeded(s, batch, settings_env, redis_url, RECOVERY_S)
+    # the worker itself survived and replaced its pool process
+    assert worker.alive()
+    new_pids = pool_pids(worker)
+    assert new_pids and pids[0] not in new_pids
+    prefix = settings_env["PREDQ_KEY_PREFIX"]
+    deliveries = [int(job_hash(redis_url, prefix, j).get("deliveries", 0)) for j in batch]
+    assert all(d >= 2 for d in deliveries), deliveries  # each was delivered again
+    # and it keeps serving
+    j = s.api.submit("iris", irows(3))
+    assert s.api.wait_all([j], 30)[j]["status"] == "succeeded"
+    print(f"pool kill: batch of {len(batch)} recovered in {took:.1f} s")
+
+
+def test_sigkill_of_the_whole_worker_mid_batch(rstack: Any, push: Any, redis_url: str,
+                                               settings_env: dict[str, str]) -> None:
+    push("slow", "killer", delay=DELAY_S)
+    s = rstack(concurrency=1, **ENV)
+    _, batch = _batch_in_flight(s)
+    # jobs still in the broker queue when the worker dies must not be lost either
+    queued = [s.api.submit("slow", xrows(2)) for _ in range(3)]
+    s.workers[0].kill()  # SIGKILL to the whole process group, as a crash or OOM would
+    assert not s.workers[0].alive()
+    t0 = time.monotonic()
+    s.add_worker(1)
+    took = _assert_all_succeeded(s, batch + queued, settings_env, redis_url,
+                                 RECOVERY_S - (time.monotonic() - t0))
+    print(f"worker kill: {len(batch)} batch jobs + {len(queued)} queued recovered in "
+          f"{took + (time.monotonic() - t0) - took:.1f} s after the replacement started")
+
+
+def test_a_poison_job_is_failed_after_max_deliveries_and_others_succeed(
+        rstack: Any, push: Any, redis_url: str, settings_env: dict[str, str]) -> None:
+    push("slow", "killer", delay=1.0)
+    s = rstack(concurrency=1, **ENV)
+    worker = s.workers[0]
+    api = s.api
+    blocker = api.submit("slow", xrows(1))
+    assert api.wait_status(blocker, {"running"}, 20)["status"] == "running"
+    # merged into one batch behind the blocker: good jobs of two models and one poison job
+    good = [api.submit("slow", xrows(2)) for _ in range(3)]
+    poison = api.submit("slow", [*xrows(2), {"x1": KILL_MARKER, "x2": 0.0}])
+    good += [api.submit("iris", irows(2, seed=i)) for i in range(3)]
+    good += [api.submit("slow", xrows(1)) for _ in range(2)]
+    bound = MAX_DELIVERIES * (VISIBILITY_S + REAPER_S + 2 * 1.0) + 40
+    views = api.wait_all([blocker, poison, *good], bound)
+    prefix = settings_env["PREDQ_KEY_PREFIX"]
+    p = views[poison]
+    assert p["status"] == "failed", diagnose(redis_url, prefix, {poison: p})
+    assert p["error"]["type"] == "PoisonJob", p["error"]
+    assert "deliver" in p["error"]["message"] and "not retried" in p["error"]["message"]
+    assert int(job_hash(redis_url, prefix, poison)["deliveries"]) == MAX_DELIVERIES + 1
+    bad = {j: v for j, v in views.items() if j != poison and v["status"] != "succeeded"}
+    assert not bad, "innocent jobs did not succeed:\n" + diagnose(redis_url, prefix, bad)
+    assert worker.alive()
+    # it does not loop: the poison job's message is gone and nothing runs any more
+    time.sleep(VISIBILITY_S + REAPER_S + 2)
+    assert int(job_hash(redis_url, prefix, poison)["deliveries"]) == MAX_DELIVERIES + 1
+    api.reread([poison, *good])
+    api.assert_no_double_results()
+    j = api.submit("iris", irows(2))
+    assert api.wait_all([j], 30)[j]["status"] == "succeeded"
