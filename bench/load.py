@@ -192,7 +192,8 @@ async def timed(args: argparse.Namespace, groups: dict[str, int]) -> dict[str, A
         "window_s": args.duration, "completed": run.completed,
         "rate": run.completed / args.duration, "total": run.total,
         "requests_in_window": run.requests,
-        "latency_ms": percentiles(run.latencies), "errors": run.errors,
+        "latency_ms": percentiles(run.latencies),
+        "latencies_ms": [round(x, 2) for x in run.latencies], "errors": run.errors,
         "error_samples": run.error_samples, "cpu_s": usage,
     }
 
@@ -225,26 +226,31 @@ async def fill(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def seq(args: argparse.Namespace) -> dict[str, Any]:
+    """One client, sequential /predict calls, alternating between ``--model`` values
+    (comma-separated) call by call, so that each model sees the same machine state."""
+    models = args.model.split(",")
     out: dict[str, Any] = {"mode": "seq", "by_rows": {}}
     async with _client(args) as client:
         deadline = time.perf_counter() + args.max_time
         for rows in args.rows_list:
             bodies = make_bodies(rows, 16)
-            lat: list[float] = []
-            errors = 0
+            lat: dict[str, list[float]] = {m: [] for m in models}
+            errors = dict.fromkeys(models, 0)
             for i in range(args.warmup_count + args.count):
                 if time.perf_counter() > deadline:
                     break
-                t = time.perf_counter()
-                r = await _post(client, f"/v1/models/{args.model}/predict?wait=30",
-                                bodies[i % len(bodies)])
-                ms = (time.perf_counter() - t) * 1000
-                if r.status_code != 200:
-                    errors += 1
-                elif i >= args.warmup_count:
-                    lat.append(ms)
-                await asyncio.sleep(args.gap_ms / 1000)  # a lone caller: the system idles
-            out["by_rows"][str(rows)] = {"latency_ms": percentiles(lat), "errors": errors}
+                for model in models if i % 2 == 0 else models[::-1]:
+                    t = time.perf_counter()
+                    r = await _post(client, f"/v1/models/{model}/predict?wait=30",
+                                    bodies[i % len(bodies)])
+                    ms = (time.perf_counter() - t) * 1000
+                    if r.status_code != 200:
+                        errors[model] += 1
+                    elif i >= args.warmup_count:
+                        lat[model].append(ms)
+                    await asyncio.sleep(args.gap_ms / 1000)  # a lone caller: the system idles
+            out["by_rows"][str(rows)] = {
+                m: {"latency_ms": percentiles(lat[m]), "errors": errors[m]} for m in models}
     return out
 
 

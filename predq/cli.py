@@ -7,6 +7,7 @@ import click
 from predq import __version__
 from predq.models_cmd import models
 from predq.procs_cmd import api, flower, up, worker
+from predq.settings_cmd import settings
 
 
 @click.group()
@@ -20,3 +21,4 @@ main.add_command(up)
 main.add_command(api)
 main.add_command(worker)
 main.add_command(flower)
+main.add_command(settings)

@@ -80,6 +80,9 @@ def _backslash_runs(chunk: np.ndarray, quotes: np.ndarray, carried: int) -> np.n
 
 
 def _trailing_backslashes(chunk: np.ndarray, carried: int) -> int:
+    """The length of the run of backslashes that ends ``chunk`` (continuing ``carried``)."""
+    if chunk[-1] != _BACKSLASH:
+        return 0
     others = np.flatnonzero(chunk != _BACKSLASH)
     if not others.size:
         return carried + int(chunk.size)

@@ -91,6 +91,11 @@ class Keys:
         increment (field: sample name and labels; see shared.metrics)."""
         return f"{self.prefix}:metrics"
 
+    def rate_limit_prefix(self) -> str:
+        """Prefix of the ``limits`` library's rate-limit counters (one per key and window;
+        each expires with its window). See api.ratelimit."""
+        return f"{self.prefix}:ratelimit"
+
 
 #: Seconds of history behind the drain rate (in DRAIN_BUCKET_S buckets).
 DRAIN_WINDOW_S = 60

@@ -81,7 +81,12 @@ class Settings(BaseSettings):
     max_string_length: PositiveInt = Field(1024, description="Longest string feature value.")
     max_metadata_bytes: PositiveInt = Field(16 * 1024, description="Largest job metadata.")
     limit_concurrency: PositiveInt = Field(
-        1000, description="Most concurrent connections per API process (uvicorn)."
+        1000, description="Most concurrent connections per API process (uvicorn answers 503 "
+        "text/plain beyond it)."
+    )
+    max_json_depth: PositiveInt = Field(
+        32, le=200, description="Deepest nesting of arrays/objects in a request body (422 "
+        "beyond it, checked before parsing)."
     )
 
     # -- results -----------------------------------------------------------------------
@@ -95,7 +100,7 @@ class Settings(BaseSettings):
 
     # -- reliability -----------------------------------------------------------------
     job_time_limit_s: PositiveFloat = Field(
-        300.0, description="Hard time limit of one batch; its jobs fail past it."
+        300.0, description="Time limit of one predict call per model version; its jobs fail past it."
     )
     max_deliveries: PositiveInt = Field(
         5, description="A job delivered this many times without finishing is failed (poison)."
@@ -141,7 +146,10 @@ class Settings(BaseSettings):
         description='JSON list of {"name", "sha256", "scopes"}: keys are stored only as hashes.',
     )
     auth_enabled: bool = Field(True, description="Require Authorization: Bearer keys.")
-    rate_limit: str = Field("6000/minute", description="Per-key rate limit (limits syntax).")
+    rate_limit: str = Field(
+        "6000/minute", description="Requests per API key (per client IP without auth), in the "
+        "limits library's syntax ('100/second;6000/minute'); empty: no limit. 429 beyond it."
+    )
     log_json: bool = Field(False, description="Log one JSON object per line.")
     log_level: str = Field("INFO", description="Log level of api and worker.")
     log_inputs: bool = Field(False, description="Include input rows in debug logs.")
@@ -207,6 +215,21 @@ class Settings(BaseSettings):
                 raise ValueError("webhook secret must hold 24 to 64 random bytes")
             if len(set(raw)) < 8:
                 raise ValueError("webhook secret looks like a placeholder, not random bytes")
+        return v
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, v: str) -> str:
+        from limits import parse_many
+
+        v = v.strip()
+        if v:
+            try:
+                items = parse_many(v)
+            except ValueError as e:
+                raise ValueError(f"{e}: use e.g. '6000/minute' or '100/second;6000/minute'") from e
+            if any(item.amount < 1 for item in items):
+                raise ValueError("a rate limit must allow at least 1 request per window")
         return v
 
     @field_validator("log_level")

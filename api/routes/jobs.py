@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from api.bodycheck import check_json_depth
 from api.deps import AppState, JobsRead, JobsWrite, ModelsRead, StateDep, owner_filter
 from api.render import job_json, job_links, json_response
 from api.schemas import BatchStats, Job, JobAccepted, PredictResult, Problem
@@ -87,6 +88,7 @@ def _requested_version(body: bytes) -> str | None:
 async def _parse(request: Request, state: AppState, name: str, *, allow_webhook: bool
                  ) -> tuple[Any, ParsedJob, bytes]:
     body = await _read_body(request, state)
+    await check_json_depth(body, state.settings)  # before any parser: 422 naming where
     manifest = state.resolve(name, _requested_version(body))
     schema = state.schema_for(manifest)
     try:

@@ -66,7 +66,8 @@ async def test_bad_rows_give_422_naming_row_and_field(
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
 async def test_nan_and_infinity_give_422(api: Any, settings_env: dict[str, str],
                                          literal: str) -> None:
-    raw = (f'{{"inputs":[{{"sepal_length":{literal},"sepal_width":1,"petal_length":1,"petal_width":1}}]}}')
+    raw = ('{"inputs":[{"sepal_length":' + literal
+           + ',"sepal_width":1,"petal_length":1,"petal_width":1}]}')
     async with api() as c:
         r = await c.post("/v1/models/iris/jobs", content=raw, headers=JSON)
     body = assert_problem(r, 422)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers.killer import KILL_MARKER
+from tests.helpers.killer import KILL_MARKER, traced
 from tests.reliability.conftest import diagnose, irows, job_hash, pool_pids, xrows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -34,6 +35,8 @@ ENV = {
     "PREDQ_MAX_DELIVERIES": str(MAX_DELIVERIES),
     "PREDQ_JOB_TIME_LIMIT_S": "60",
     "PREDQ_WORKER_HEARTBEAT_S": "1",
+    # while the pool is busy, jobs arriving within 2 s are merged into one batch
+    "PREDQ_MAX_WAIT_MS": "2000",
 }
 #: The documented bound of a recovery: the message becomes visible again, a sweep (or the
 #: reaper) notices it, and the batch runs again (twice the predict time), plus slack for a
@@ -45,12 +48,12 @@ def _batch_in_flight(s: Any, n: int = 5) -> tuple[str, list[str]]:
     """A blocker job runs; ``n`` jobs submitted meanwhile are buffered, then flushed together.
 
     Returns (blocker id, ids of the batch) once all ``n`` are ``running`` (claimed by one
-    batch, mid-predict).
+    batch, mid-predict). Job ``i`` of the batch has ``x1 == 100 + i`` in each of its rows.
     """
     api = s.api
     blocker = api.submit("slow", xrows(1))
     assert api.wait_status(blocker, {"running"}, 20)["status"] == "running"
-    batch = [api.submit("slow", xrows(1 + i)) for i in range(n)]
+    batch = [api.submit("slow", xrows(1 + i, x1=100.0 + i)) for i in range(n)]
     deadline = time.monotonic() + 3 * DELAY_S + 10
     for _ in range(400):
         views = [api.get(j) for j in batch]
@@ -81,9 +84,16 @@ def _assert_all_succeeded(s: Any, ids: list[str], settings_env: dict[str, str],
     return took
 
 
+def _calls_of(trace: Path, x1: float) -> int:
+    """How many predict calls saw a row with this ``x1``."""
+    return sum(1 for call in traced(str(trace)) if x1 in call)
+
+
 def test_sigkill_of_the_pool_process_mid_batch(rstack: Any, push: Any, redis_url: str,
-                                               settings_env: dict[str, str]) -> None:
-    push("slow", "killer", delay=DELAY_S)
+                                               settings_env: dict[str, str],
+                                               tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    push("slow", "killer", delay=DELAY_S, trace=str(trace))
     s = rstack(concurrency=1, **ENV)
     worker = s.workers[0]
     _, batch = _batch_in_flight(s)
@@ -98,6 +108,8 @@ def test_sigkill_of_the_pool_process_mid_batch(rstack: Any, push: Any, redis_url
     prefix = settings_env["PREDQ_KEY_PREFIX"]
     deliveries = [int(job_hash(redis_url, prefix, j).get("deliveries", 0)) for j in batch]
     assert all(d >= 2 for d in deliveries), deliveries  # each was delivered again
+    # the killed call saw every job of the batch, and each was predicted again after it
+    assert all(_calls_of(trace, 100.0 + i) >= 2 for i in range(len(batch))), traced(str(trace))
     # and it keeps serving
     j = s.api.submit("iris", irows(3))
     assert s.api.wait_all([j], 30)[j]["status"] == "succeeded"
@@ -105,8 +117,10 @@ def test_sigkill_of_the_pool_process_mid_batch(rstack: Any, push: Any, redis_url
 
 
 def test_sigkill_of_the_whole_worker_mid_batch(rstack: Any, push: Any, redis_url: str,
-                                               settings_env: dict[str, str]) -> None:
-    push("slow", "killer", delay=DELAY_S)
+                                               settings_env: dict[str, str],
+                                               tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    push("slow", "killer", delay=DELAY_S, trace=str(trace))
     s = rstack(concurrency=1, **ENV)
     _, batch = _batch_in_flight(s)
     # jobs still in the broker queue when the worker dies must not be lost either
@@ -117,8 +131,9 @@ def test_sigkill_of_the_whole_worker_mid_batch(rstack: Any, push: Any, redis_url
     s.add_worker(1)
     took = _assert_all_succeeded(s, batch + queued, settings_env, redis_url,
                                  RECOVERY_S - (time.monotonic() - t0))
-    print(f"worker kill: {len(batch)} batch jobs + {len(queued)} queued recovered in "
-          f"{took + (time.monotonic() - t0) - took:.1f} s after the replacement started")
+    assert all(_calls_of(trace, 100.0 + i) >= 2 for i in range(len(batch))), traced(str(trace))
+    print(f"worker kill: {len(batch)} batch jobs + {len(queued)} queued recovered "
+          f"{time.monotonic() - t0:.1f} s after the replacement started (took {took:.1f} s)")
 
 
 def test_a_poison_job_is_failed_after_max_deliveries_and_others_succeed(
