@@ -24,6 +24,7 @@ from shared.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, RECENT_BATCHES
 from shared.registry import Manifest
 from shared.settings import Settings
 from shared.store import FAILED, SUCCEEDED, Scripts, drain_bucket, error_payload
+from worker import render
 from worker.cache import ModelCache
 from worker.observe import BatchObserver
 from worker.timelimit import JobTimeLimit, time_limit
@@ -258,7 +259,7 @@ def predict_jobs(manifest: Manifest, estimator: Any,
     merged = {n: np.concatenate([cols[n] for _, cols in decoded]) for n in names}
     frame = build_frame(manifest, merged)
     total = sum(j.n_rows for j, _ in decoded)
-    rows: list[Any] = []
+    rows: list[bytes] = []
     for start in range(0, total, chunk_rows):
         part = frame.iloc[start:start + chunk_rows] if manifest.named_features \
             else frame[start:start + chunk_rows]
@@ -268,21 +269,22 @@ def predict_jobs(manifest: Manifest, estimator: Any,
     out: list[bytes] = []
     offset = 0
     for job, _ in decoded:
-        out.append(orjson.dumps(rows[offset:offset + job.n_rows]))
+        out.append(render.join_rows(rows, offset, offset + job.n_rows))
         offset += job.n_rows
     return out
 
 
-def _predict_rows(manifest: Manifest, estimator: Any, x: Any) -> list[Any]:
+def _predict_rows(manifest: Manifest, estimator: Any, x: Any) -> list[bytes]:
+    """One predict call; each output row as JSON bytes."""
     n = x.shape[0]
     if manifest.task == "regression":
         values = np.asarray(estimator.predict(x))
         _check_len(values, n)
-        return [{"value": v} for v in values.astype(np.float64).ravel().tolist()]
+        return render.regression_rows(values)
     if not manifest.has_predict_proba:
         labels = np.asarray(estimator.predict(x))
         _check_len(labels, n)
-        return [{"label": lab} for lab in labels.tolist()]
+        return render.label_rows(labels)
     proba = np.asarray(estimator.predict_proba(x))
     _check_len(proba, n)
     classes = estimator.classes_
@@ -291,9 +293,7 @@ def _predict_rows(manifest: Manifest, estimator: Any, x: Any) -> list[Any]:
     else:
         labels = np.asarray(estimator.predict(x))
         _check_len(labels, n)
-    keys = [str(c) for c in classes.tolist()]
-    return [{"label": lab, "probabilities": dict(zip(keys, p, strict=True))}
-            for lab, p in zip(labels.tolist(), proba.tolist(), strict=True)]
+    return render.proba_rows(labels, proba, classes.tolist())
 
 
 def _check_len(arr: np.ndarray, n: int) -> None:
