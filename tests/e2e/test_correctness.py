@@ -16,7 +16,7 @@ from predq.demo import iris_sample_rows, mixed_sample_rows
 from shared.registry import Registry
 from shared.serialization import load_estimator
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 N_JOBS = 300
 
@@ -38,6 +38,7 @@ def sizes(rng: random.Random) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 async def test_concurrent_jobs_of_two_models_match_local_predictions(
     stack: Any, registry_with_models: Registry
 ) -> None:
@@ -78,3 +79,24 @@ async def test_concurrent_jobs_of_two_models_match_local_predictions(
     assert stats["jobs"] == N_JOBS
     assert max(merged) > 1, f"no batch merged several jobs: {merged}"
     assert stats["batches"] < N_JOBS
+
+
+async def test_jobs_larger_than_max_batch_rows_are_chunked(
+    stack: Any, registry_with_models: Registry
+) -> None:
+    s = stack(workers=1, concurrency=1, PREDQ_MAX_BATCH_ROWS="300")
+    jobs = [("iris", iris_sample_rows(1000, seed=1)), ("mixed", mixed_sample_rows(701, seed=2)),
+            ("iris", iris_sample_rows(3, seed=3))]
+    async with httpx.AsyncClient(base_url=s.base_url, headers=s.headers, timeout=60) as c:
+        async def run(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+            r = await c.post(f"/v1/models/{name}/jobs", json={"inputs": rows})
+            return (await c.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 30})).json()
+
+        results = await asyncio.gather(*(run(n, rows) for n, rows in jobs))
+    for (name, rows), job in zip(jobs, results, strict=True):
+        assert job["status"] == "succeeded"
+        labels, proba = local_outputs(registry_with_models, name, rows)
+        assert [o["label"] for o in job["outputs"]] == labels
+        classes = list(job["outputs"][0]["probabilities"])
+        got = np.array([[o["probabilities"][k] for k in classes] for o in job["outputs"]])
+        np.testing.assert_allclose(got, proba, rtol=0, atol=1e-9)
