@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import observability, openapi, problems
+from api import observability, openapi, problems, ratelimit
 from api.deps import AppState
 from api.routes import health, jobs, models, webhooks
 from api.waiters import Waiters
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.predq_startup_hooks = []
     problems.install(app)
+    ratelimit.install(app)
     app.include_router(models.router)
     app.include_router(jobs.router)
     app.include_router(health.router)

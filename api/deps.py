@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.ratelimit import enforce as enforce_rate_limit
 from api.waiters import Waiters
 from shared.auth import ANONYMOUS, KeyRing, Principal
 from shared.errors import ModelNotFound, PredqError
@@ -41,6 +42,8 @@ class AppState:
     schemas: dict[tuple[str, str, str], ModelSchema]
     #: Checks a webhook spec at submit time (raises InvalidInput); None: no check.
     webhook_guard: Callable[[Any], None] | None = None
+    #: api.ratelimit.RateLimiter, set at startup; None: no rate limiting.
+    rate_limiter: Any = None
 
     async def queue_info(self, job: dict[str, Any]) -> dict[str, Any]:
         """Extra fields for a queued job (position, ETA); empty otherwise."""
@@ -76,19 +79,22 @@ StateDep = Annotated[AppState, Depends(get_state)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer pq_...`")
 
 
-def require(scope: str) -> Callable[..., Principal]:
-    """A dependency that authenticates the caller (before any body is read) and checks scope."""
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that authenticates the caller (before any body is read), counts the
+    request against its key's rate limit (429), and checks scope (403)."""
 
-    def dep(state: StateDep,
-            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-            ) -> Principal:
+    async def dep(request: Request, state: StateDep,
+                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+                  ) -> Principal:
         if not state.keyring.enabled:
+            await enforce_rate_limit(state, request, None)  # per client IP
             return ANONYMOUS
         if creds is None or creds.scheme.lower() != "bearer":
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         principal = state.keyring.authenticate(creds.credentials)
         if principal is None:
             raise Unauthorized("unknown API key")
+        await enforce_rate_limit(state, request, principal.name)
         if scope not in principal.scopes and not principal.is_admin:
             raise Forbidden(f"this key lacks the {scope!r} scope")
         return principal

@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from api.deps import AppState
+from api.errordocs import document_errors
 from shared.schema import WebhookSpec
 
 log = logging.getLogger("predq.api")
@@ -60,6 +61,7 @@ def install(app: FastAPI) -> None:
         components.update(defs.get("$defs", {}))
         for m in manifests:
             _add_model_paths(doc, state.schema_for(m))  # type: ignore[union-attr]
+        document_errors(doc)  # problem+json everywhere; 401/403/429/404 where they happen
         cache.update(key=key, doc=doc)
         return doc
 

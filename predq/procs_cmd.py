@@ -281,8 +281,13 @@ def _start_children(
     return flower_address
 
 
-def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None) -> None:
-    curl = demo_curl(base_url)
+def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None,
+                  api_key: str | None = None) -> None:
+    curl = demo_curl(base_url, api_key)
+    key_line = (f"  Key     {api_key}\n"
+                "          (a development key with every scope, for this run only; set\n"
+                "          PREDQ_API_KEYS to use your own: see `predq keys create`)\n"
+                if api_key else "")
     redis_line = (
         f"{redis.url} (started by predq up, data in {redis.dir})"
         if redis is not None
@@ -295,6 +300,7 @@ def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None) -> 
         f"  Docs    {base_url}/docs\n"
         f"  Flower  {flower_url}\n"
         f"  Redis   {redis_line}\n"
+        f"{key_line}"
         "\n"
         "Submit a job to the demo model:\n"
         f"  {curl.submit}\n"
@@ -344,6 +350,7 @@ def _shutdown(sup: Supervisor, redis: RedisServer | None) -> None:
 @click.option("--no-demo", is_flag=True, help="Do not register the demo model.")
 def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
     """Run the whole stack in the foreground: Redis, the API, a worker and Flower."""
+    from predq.keys_cmd import dev_api_key
     from predq.procs import ChildExited, Supervisor
     from predq.redis_server import RedisServer, RedisServerError
 
@@ -359,6 +366,7 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
                 # Assigned before start() so that a Ctrl-C during the start still stops it.
                 redis = RedisServer(dir=UP_REDIS_DIR, appendonly=True)
                 _start_redis(redis)
+            api_key = dev_api_key()  # None when PREDQ_API_KEYS is set or auth is off
             settings = get_settings()
             if not no_demo:
                 _register_demo(settings)
@@ -366,7 +374,7 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
             base_url = f"http://{_url_host(host)}:{port}"
             _wait_ready(sup, base_url)
             flower_url = f"http://{_url_host(flower_address)}:{flower_port}"
-            _print_banner(base_url, flower_url, redis)
+            _print_banner(base_url, flower_url, redis, api_key)
             _supervise(sup, redis)
         except (KeyboardInterrupt, _StopRequested):
             click.echo("\npredq up: stopping...", err=True)

@@ -17,6 +17,7 @@ import orjson
 from shared.errors import JobConflict, JobNotFound, QueueFull
 from shared.keys import DRAIN_WINDOW_S, Keys
 from shared.messages import predict_message
+from shared.metrics import JOBS_FINISHED
 from shared.schema import ParsedJob
 from shared.settings import Settings
 from shared.store import (
@@ -99,13 +100,14 @@ class AsyncJobs:
             pipe.hmget(self.keys.job(job_id), VIEW_FIELDS)
             pipe.pttl(self.keys.job(job_id))
             raw, pttl = await pipe.execute()
+        # Another owner's job gets exactly this answer too: a 404 must not tell it exists.
+        missing = (f"no job {job_id!r}: it does not exist, or it expired after the result TTL "
+                   f"({self.settings.result_ttl_s} s)")
         if raw[0] is None:
-            raise JobNotFound(
-                f"no job {job_id!r}: it does not exist, or it expired after the result TTL "
-                f"({self.settings.result_ttl_s} s)")
+            raise JobNotFound(missing)
         job = decode_fields(raw)
         if owner is not None and job["owner"] not in (owner, None):
-            raise JobNotFound(f"no job {job_id!r}")
+            raise JobNotFound(missing)
         job["id"] = job_id
         job["expires_in"] = pttl / 1000 if pttl and pttl > 0 else None
         return job
@@ -120,6 +122,9 @@ class AsyncJobs:
         if status != "cancelled":
             ended = status.removeprefix("ended:")
             raise JobConflict(f"job {job_id} already ended with status {ended!r}")
+        # A job cancelled while it ran was counted by its worker too; the worker takes its
+        # count back when its finish finds the job cancelled (worker.observe).
+        await JOBS_FINISHED.inc(self.client, self.keys, status="cancelled")
         return await self.read(job_id, owner)
 
 

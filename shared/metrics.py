@@ -94,13 +94,13 @@ class ClusterCounter:
     #: Label sets rendered as 0 before anything happened (so rate() works from the start).
     initial: tuple[tuple[str, ...], ...] = ()
 
-    def inc(self, pipe: Any, keys: Keys, amount: float = 1, **labels: str) -> None:
-        """Queue ``HINCRBY`` (or ``HINCRBYFLOAT``) on ``pipe`` (a pipeline or a client)."""
+    def inc(self, pipe: Any, keys: Keys, amount: float = 1, **labels: str) -> Any:
+        """``HINCRBY`` (or ``HINCRBYFLOAT``) on ``pipe``: a pipeline, a client, or an asyncio
+        client (then await the returned value)."""
         fld = sample_field(self.name, {k: labels[k] for k in self.labelnames})
         if isinstance(amount, int):
-            pipe.hincrby(keys.metrics(), fld, amount)
-        else:
-            pipe.hincrbyfloat(keys.metrics(), fld, amount)
+            return pipe.hincrby(keys.metrics(), fld, amount)
+        return pipe.hincrbyfloat(keys.metrics(), fld, amount)
 
 
 @dataclass(frozen=True)

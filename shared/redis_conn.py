@@ -77,9 +77,17 @@ def sync_client(settings: Settings, **kwargs: Any) -> Any:
         return redis.Redis.from_url(settings.redis_url, **kwargs)
     from redis.sentinel import Sentinel
 
+    class SentinelMaster(redis.Redis):
+        """The master's client; closing it also closes the connections to the Sentinels."""
+
+        def close(self) -> None:
+            super().close()
+            for node in self.connection_pool.sentinel_manager.sentinels:
+                node.close()
+
     t = parse_sentinel_url(settings.redis_url)
     sentinel = Sentinel(t.nodes, sentinel_kwargs=_sentinel_kwargs(settings, kwargs))
-    return sentinel.master_for(_master(settings), redis_class=redis.Redis, db=t.db,
+    return sentinel.master_for(_master(settings), redis_class=SentinelMaster, db=t.db,
                                username=t.username, password=t.password, **kwargs)
 
 
@@ -91,9 +99,17 @@ def async_client(settings: Settings, **kwargs: Any) -> Any:
         return aioredis.Redis.from_url(settings.redis_url, **kwargs)
     from redis.asyncio.sentinel import Sentinel
 
+    class SentinelMaster(aioredis.Redis):
+        """The master's client; closing it also closes the connections to the Sentinels."""
+
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            await super().aclose(close_connection_pool)
+            for node in self.connection_pool.sentinel_manager.sentinels:
+                await node.aclose()
+
     t = parse_sentinel_url(settings.redis_url)
     sentinel = Sentinel(t.nodes, sentinel_kwargs=_sentinel_kwargs(settings, kwargs))
-    return sentinel.master_for(_master(settings), redis_class=aioredis.Redis, db=t.db,
+    return sentinel.master_for(_master(settings), redis_class=SentinelMaster, db=t.db,
                                username=t.username, password=t.password, **kwargs)
 
 

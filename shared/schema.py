@@ -34,6 +34,10 @@ from shared.registry import Feature, Manifest
 _MAX_LITERAL = 100
 #: Most errors listed in one 422 (a body of 100k bad rows must not make a 100k-entry reply).
 MAX_ERRORS = 200
+#: Largest magnitude of a number feature. Trees, forests and gradient boosting compute in
+#: float32 and raise on anything bigger, so the API refuses it (422) rather than accept a job
+#: that can only fail in the worker (found by tests/fuzz/test_properties.py).
+FLOAT32_MAX = 3.4028234663852886e38
 
 #: The events a webhook can ask for. (``job.started`` is not offered: see docs/webhooks.md.)
 WebhookEvent = Literal["job.completed", "job.failed"]
@@ -76,11 +80,13 @@ def _feature_type(feature: Feature, accepts_missing: bool, max_string: int) -> A
     elif feature.type == "string":
         base = Annotated[str, StringConstraints(strict=True, max_length=max_string)]
     elif feature.type == "integer":
-        base = Annotated[int, Field(strict=True)]
+        # The codec stores integers as int64: a bigger one must be a 422, not an OverflowError.
+        base = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
     elif feature.type == "boolean":
         base = Annotated[bool, Field(strict=True)]
     else:
-        base = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+        base = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX,
+                                      le=FLOAT32_MAX)]
     if accepts_missing:
         return base | None
     return base

@@ -62,7 +62,8 @@ return {ARGV[1], ARGV[5]}
 # KEYS: the batch's job hashes.
 # ARGV: now_iso, now_unix, max_deliveries, channel, running set, then per job its model's
 #       queued-rows counter and claimed-seq key.
-# For each job returns {code, inputs, webhook}: code is 'ok' (claimed; now running), or the
+# For each job returns {code, inputs, webhook[, created_at]}: code is 'ok' (claimed; now
+# running; created_at gives the worker the queue wait for predq_queue_wait_seconds), or the
 # reason it is skipped: 'missing', a terminal status, 'expired' (deadline passed), 'poison'.
 _CLAIM = """
 local out = {}
@@ -101,8 +102,8 @@ for i, key in ipairs(KEYS) do
         redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1])
       end
       redis.call('ZADD', ARGV[5], ARGV[2], string.sub(key, string.find(key, ':job:', 1, true) + 5))
-      local f = redis.call('HMGET', key, 'inputs', 'webhook')
-      out[i] = {'ok', f[1] or '', f[2] or ''}
+      local f = redis.call('HMGET', key, 'inputs', 'webhook', 'created_at')
+      out[i] = {'ok', f[1] or '', f[2] or '', f[3] or ''}
     end
   end
 end

@@ -23,7 +23,7 @@ from shared.settings import Settings
 from shared.store import Scripts
 from worker.batching import PredictBatches
 from worker.cache import ModelCache
-from worker.delivery import webhook_for
+from worker.delivery import poison_webhook, webhook_for
 from worker.lifecycle import install_lifecycle, node_name
 from worker.observe import BatchObserver
 from worker.predict import BatchPredictor
@@ -50,6 +50,7 @@ class _ProcessState:
             self.predictor = BatchPredictor(Scripts(client, keys),
                                             settings, cache, webhook_for=webhook_for(settings),
                                             observer=BatchObserver(keys, cache, node_name()))
+            self.predictor.on_poison = poison_webhook(client, settings)
             self.pid = os.getpid()
         return self.predictor
 

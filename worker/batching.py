@@ -179,8 +179,13 @@ class PredictBatches(Batches):
 
         def on_accepted(pid: int, time_accepted: float) -> None:
             t_start[0] = time.time()
-            for r in reqs:
-                r.send_event("task-started", pid=pid)
+            # billiard swallows whatever this raises, so a bug here would only hide events.
+            try:
+                for r in reqs:
+                    # No pid=: the event dispatcher adds its own (a duplicate is a TypeError).
+                    r.send_event("task-started")
+            except Exception:
+                log.exception("batch %s: could not send task-started events", batch_id)
 
         def on_return(result: dict[str, Any]) -> None:
             if isinstance(result, dict) and "retry" in result:

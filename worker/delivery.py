@@ -15,6 +15,7 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ import orjson
 
 from shared.keys import Keys
 from shared.messages import webhook_message
+from shared.metrics import record_webhook
 from shared.settings import Settings
 from shared.ssrf import AllowList, BlockedAddress, Resolver, Target, UnsafeUrl, resolve
 from shared.store import VIEW_FIELDS, decode_fields
@@ -51,7 +53,7 @@ def http_client(settings: Settings) -> httpx.Client:
     )
 
 
-def webhook_for(settings: Settings) -> Any:
+def webhook_for(settings: Settings) -> Callable[[str, str, bytes], tuple[str, bytes]]:
     """The BatchPredictor hook: the webhook message a finished job's FINISH script pushes.
 
     Returns ``(queue, message)`` when the job's webhook asks for the event its status
@@ -71,6 +73,30 @@ def webhook_for(settings: Settings) -> Any:
         return queue, webhook_message(job_id, event, queue)
 
     return hook
+
+
+def poison_webhook(client: Any, settings: Settings) -> Callable[[str], None]:
+    """The BatchPredictor ``on_poison`` hook: push the job.failed webhook of a job that the
+    claim failed as poison, when its webhook asks for it.
+
+    Best effort, and so not atomic with the claim: a worker dying in between loses this
+    one message (an operator can still redeliver it). Errors are logged, never raised.
+    """
+    keys = Keys(settings.key_prefix)
+    hook = webhook_for(settings)
+
+    def on_poison(job_id: str) -> None:
+        try:
+            spec = client.hget(keys.job(job_id), "webhook")
+            if spec:
+                queue, message = hook(job_id, "failed", spec)
+                if queue:
+                    client.lpush(queue, message)
+        except Exception:
+            log.warning("job.failed webhook of poison job %s not queued", job_id,
+                        exc_info=True)
+
+    return on_poison
 
 
 class Deliverer:
@@ -135,6 +161,7 @@ class Deliverer:
         result = {"delivered": "delivered", "retry": "retry"}.get(outcome.verdict, "failed")
         if dead and outcome.verdict == "retry":
             result = "failed"
+        record_webhook(self.client, self.keys, result, outcome.duration_ms / 1000)
         level = logging.INFO if result == "delivered" else logging.WARNING
         log.log(level, "webhook %s of job %s attempt %d: %s (%s)", event, job_id,
                  final["n_attempts"], outcome.status_code or outcome.error, result)

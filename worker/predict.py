@@ -72,6 +72,10 @@ def no_webhook(job_id: str, status: str, webhook: bytes) -> tuple[str, bytes]:
     return "", b""
 
 
+def _ignore(job_id: str) -> None:
+    pass
+
+
 class BatchPredictor:
     """Runs batches of predict requests against the models in ``cache``."""
 
@@ -83,6 +87,9 @@ class BatchPredictor:
         self.cache = cache
         self.webhook_for = webhook_for
         self.observer = observer
+        #: Called with the id of each job the claim failed as poison (its job.failed
+        #: webhook; see worker.delivery.poison_webhook). Must not raise.
+        self.on_poison: Callable[[str], None] = _ignore
 
     def run(self, batch_id: str, requests: list[tuple[str, str, str, int]]) -> BatchReport:
         """Predict every request ``(job_id, model, version, n_rows)``; never raises for a job."""
@@ -102,6 +109,7 @@ class BatchPredictor:
             elif code == "poison":
                 report.outcomes[job_id] = (FAILURE, 0.0, "PoisonJob: delivered too many times")
                 report.ended_at_claim.append(FAILED)
+                self.on_poison(job_id)
             else:
                 report.outcomes[job_id] = (REVOKED, 0.0, code)
                 if code == "expired":

@@ -5,14 +5,16 @@ pool, a few dead receivers would hold every pool process and stall the predict b
 the task has its own consumer strategy (as ``predq.predict`` does): each message is handed
 to a small thread pool in the worker's main process (``PREDQ_WEBHOOK_CONCURRENCY`` threads),
 and acknowledged from the consumer's event loop once its attempt is recorded (acks late: a
-worker that dies mid-attempt leaves the message to be redelivered). Messages waiting for a
-thread raise the consumer's prefetch limit, as ETA tasks do, so a backlog of deliveries
-never starves the predict queues of prefetch slots.
+worker that dies mid-attempt leaves the message to be redelivered). Messages held for the
+threads raise the consumer's prefetch limit, as ETA tasks do, and beyond a few per thread a
+message is parked in ``webhook_due`` and acknowledged at once, so a backlog of deliveries to
+dead receivers waits in Redis and never takes the predict queues' prefetch slots.
 
 Retries are not Celery ETA messages: Redis redelivers ETA messages held past the visibility
 timeout, and the schedule spans hours. The delivery writes the due time into the
 ``webhook_due`` sorted set, and a pump thread in every worker publishes due deliveries as
-ordinary ``predq.webhook`` messages (the Lua script makes each publication happen once).
+ordinary ``predq.webhook`` messages (the Lua script makes each publication happen once),
+never more than its threads have room for.
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ from celery.utils.imports import symbol_by_name
 from celery.worker.request import create_request_cls
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 
-from shared.keys import Keys
 from shared.messages import WEBHOOK_TASK, webhook_message
 from shared.redis_conn import sync_client
 from shared.settings import Settings
-from shared.webhook_state import WebhookStore, split_member
+from shared.webhook_state import due_member, split_member
 from worker.delivery import LEASE_MARGIN_S, Deliverer
 
 log = logging.getLogger("predq.worker.webhooks")
@@ -43,8 +44,10 @@ PUMP_INTERVAL_S = 0.25
 PUMP_BATCH = 200
 #: Pause before a message whose delivery raised (Redis unreachable) is requeued.
 REQUEUE_PAUSE_S = 2.0
-#: Waiting messages that raise the prefetch limit, per delivery thread.
+#: Messages held per delivery thread (in flight or waiting); more are parked in Redis.
 HELD_PER_THREAD = 4
+#: A parked message is published again after this many seconds (by a pump with room).
+PARK_DELAY_S = 1.0
 
 
 class WebhookRunner:
@@ -58,6 +61,7 @@ class WebhookRunner:
         self._pump: threading.Thread | None = None
         self._stopping = threading.Event()
         self._held = 0
+        self.capacity = settings.webhook_concurrency * HELD_PER_THREAD
 
     # -- resources (created on first use, in the process that uses them) ----------------
     def deliverer(self) -> Deliverer:
@@ -69,15 +73,15 @@ class WebhookRunner:
                 self._deliverer = Deliverer(client, self.settings)
             return self._deliverer
 
-    def start(self) -> None:
-        """Start the delivery threads and the pump (idempotent)."""
+    def start(self, pump: bool = True) -> None:
+        """Start the delivery threads and, with ``pump``, the pump (idempotent)."""
         # httpx logs every request URL at INFO; receivers' URLs often carry tokens.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.settings.webhook_concurrency,
                                                     thread_name_prefix="predq-webhook")
-            if self._pump is None:
+            if self._pump is None and pump:
                 self._pump = threading.Thread(target=self._pump_loop, name="predq-webhook-pump",
                                               daemon=True)
                 self._pump.start()
@@ -90,15 +94,14 @@ class WebhookRunner:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the pump ----------------------------------------------------------------------
-    def pump_once(self, now: float | None = None) -> int:
-        """Publish every delivery whose time has come; returns how many."""
-        d = self.deliverer()
-        store = WebhookStore(d.client, Keys(self.settings.key_prefix),
-                             self.settings.webhook_queue)
+    def pump_once(self, now: float | None = None, limit: int | None = None) -> int:
+        """Publish deliveries whose time has come (at most ``limit``); returns how many."""
+        store = self.deliverer().store
         now = time.time() if now is None else now
         total = 0
         while True:
-            members = store.due(now, PUMP_BATCH)
+            want = PUMP_BATCH if limit is None else min(PUMP_BATCH, limit - total)
+            members = store.due(now, want) if want > 0 else []
             if not members:
                 return total
             entries = []
@@ -108,13 +111,15 @@ class WebhookRunner:
                                                         self.settings.webhook_queue)))
             lease_until = now + self.settings.webhook_timeout_s + LEASE_MARGIN_S
             total += int(store.pump(now, lease_until, entries))
-            if len(members) < PUMP_BATCH:
+            if len(members) < want:
                 return total
 
     def _pump_loop(self) -> None:
         while not self._stopping.wait(PUMP_INTERVAL_S):
+            room = self.capacity - self._held  # publish no more than this worker can take
             try:
-                self.pump_once()
+                if room > 0:
+                    self.pump_once(limit=room)
             except Exception:
                 log.warning("webhook pump: Redis error; retrying", exc_info=True)
                 self._stopping.wait(1.0)
@@ -122,7 +127,8 @@ class WebhookRunner:
     # -- the Celery side ----------------------------------------------------------------
     def strategy(self, task: Any, app: Celery, consumer: Any) -> Any:
         """The message handler of ``predq.webhook`` (see the module docstring)."""
-        self.start()
+        queues = app.amqp.queues
+        self.start(pump=self.settings.webhook_queue in (queues.consume_from or queues))
         hostname = consumer.hostname
         eventer = consumer.event_dispatcher
         connection_errors = consumer.connection_errors
@@ -154,31 +160,46 @@ class WebhookRunner:
         executor = self._executor
         if executor is None or self._stopping.is_set():
             return  # shutting down: left unacked, restored by the broker
-        counted = self._held < self.settings.webhook_concurrency * HELD_PER_THREAD
-        if counted:
-            consumer.qos.increment_eventually()
+        if self._held >= self.capacity:
+            self._park(req, consumer)
+            return
+        consumer.qos.increment_eventually()
         self._held += 1
         started = time.monotonic()
         try:
             future = executor.submit(self._run, req.args)
         except RuntimeError:  # the executor was shut down meanwhile
             self._held -= 1
-            if counted:
-                consumer.qos.decrement_eventually()
+            consumer.qos.decrement_eventually()
             return
         future.add_done_callback(
-            lambda f: consumer.call_soon(self._done, req, f, counted, consumer, started))
+            lambda f: consumer.call_soon(self._done, req, f, consumer, started))
+
+    def _park(self, req: Any, consumer: Any) -> None:
+        """Track a message the threads have no room for in ``webhook_due``, then ack it.
+
+        ZADD NX: a member already there (a retry, an attempt in flight) keeps its time, and
+        already guarantees a later message.
+        """
+        job_id, event = str(req.args[0]), str(req.args[1])
+        try:
+            d = self.deliverer()
+            d.client.zadd(d.keys.webhook_due(),
+                          {due_member(job_id, event): time.time() + PARK_DELAY_S}, nx=True)
+        except Exception:
+            log.warning("webhook %s: cannot park it; requeued", req.args, exc_info=True)
+            consumer.timer.call_after(REQUEUE_PAUSE_S, req.reject, (), {"requeue": True})
+            return
+        req.acknowledge()
 
     def _run(self, args: list[Any]) -> str:
         job_id, event = str(args[0]), str(args[1])
         return self.deliverer().deliver(job_id, event)
 
-    def _done(self, req: Any, future: Future[str], counted: bool, consumer: Any,
-              started: float) -> None:
+    def _done(self, req: Any, future: Future[str], consumer: Any, started: float) -> None:
         """Acknowledge (or requeue) on the consumer's event loop, where kombu may be used."""
         self._held -= 1
-        if counted:
-            consumer.qos.decrement_eventually()
+        consumer.qos.decrement_eventually()
         if future.cancelled():
             return
         exc = future.exception()

@@ -238,12 +238,37 @@ def job_hash(redis_url: str, prefix: str, job_id: str) -> dict[str, str]:
             for k, v in raw.items()}
 
 
+def broker_state(redis_url: str, job_ids: Iterable[str]) -> dict[str, str]:
+    """Where each job's Celery message is in the broker: ``unacked <age> s`` (kombu's
+    ``unacked`` hash: delivered to a worker, not acknowledged; restored by a sweep once older
+    than the visibility timeout), or ``no message``."""
+    wanted = set(job_ids)
+    out = {j: "no unacked message" for j in wanted}
+    client = redis.Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        now = time.time()
+        scores = dict(client.zrange("unacked_index", 0, -1, withscores=True))
+        for tag, raw in client.hscan_iter("unacked", count=1000):
+            try:
+                msg = orjson.loads(raw)[0]
+                task_id = msg["headers"]["id"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+            if task_id in wanted:
+                age = now - scores.get(tag, now)
+                out[task_id] = f"unacked for {age:.1f} s"
+    finally:
+        client.close()
+    return out
+
+
 def diagnose(redis_url: str, prefix: str, jobs: dict[str, dict[str, Any]]) -> str:
     """The stored state of every non-terminal or unexpected job, for an assertion message."""
     lines = []
+    broker = broker_state(redis_url, jobs)
     for job_id, view in jobs.items():
         lines.append(f"{job_id}: api={view.get('status')} err={view.get('error')} "
-                     f"redis={job_hash(redis_url, prefix, job_id)}")
+                     f"broker={broker[job_id]} redis={job_hash(redis_url, prefix, job_id)}")
     return "\n".join(lines)
 
 

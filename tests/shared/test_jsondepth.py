@@ -16,8 +16,10 @@ from shared.jsondepth import location_of, too_deep_at
 
 # Strings full of the bytes a naive scan would trip on.
 _TRICKY = st.text(alphabet=st.sampled_from('[]{}"\\ab\u00e9\u2028'), max_size=8)
+_SCALAR = (st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+           | st.floats(allow_nan=False) | _TRICKY)
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | _TRICKY,
+    _SCALAR,
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(_TRICKY, kids, max_size=4),
     max_leaves=40,
 )

@@ -94,3 +94,29 @@ def test_settings_parse_comma_separated_secrets(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PREDQ_WEBHOOK_RETRY_SCHEDULE_S", "-1")
     with pytest.raises(ValidationError):
         Settings()
+
+
+async def test_the_verification_example_in_the_docs_works() -> None:
+    """docs/webhooks.md's receiver accepts our requests once, and refuses forgeries."""
+    from pathlib import Path
+
+    import httpx
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    code = doc.split("### Verifying a request", 1)[1].split("```python\n", 1)[1]
+    code = code.split("```", 1)[0]
+    secret = new_secret()
+    handled: list[tuple[str, object]] = []
+    namespace: dict[str, object] = {"handle": lambda t, d: handled.append((t, d))}
+    exec(compile(code.replace("whsec_...", secret), "docs/webhooks.md", "exec"), namespace)
+    body = payload("job.completed", time.time(), b'{"id":"j","outputs":[{"value":1.0}]}')
+    h = headers([new_secret(), secret], webhook_id("j", "job.completed"), int(time.time()), body)
+    transport = httpx.ASGITransport(app=namespace["app"])  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+        assert (await client.post("/predq", content=body, headers=h)).status_code == 204
+        retry = await client.post("/predq", content=body, headers=h)
+        assert retry.status_code == 204
+        forged = {**h, "webhook-signature": headers([new_secret()], "x", 1, body)[
+            "webhook-signature"]}
+        assert (await client.post("/predq", content=body, headers=forged)).status_code == 400
+    assert handled == [("job.completed", {"id": "j", "outputs": [{"value": 1.0}]})]

@@ -21,7 +21,7 @@ from shared.views import job_json
 from shared.webhook_state import DELIVERING, due_member, initial
 from tests.helpers.netguard import loopback_only
 from tests.webhooks.conftest import ReceiverProc
-from worker.delivery import Deliverer, webhook_for
+from worker.delivery import Deliverer, poison_webhook, webhook_for
 from worker.webhooks import WebhookRunner
 
 OUTPUTS = [{"label": "setosa", "probabilities": {"setosa": 0.9, "versicolor": 0.1}}]
@@ -250,3 +250,21 @@ def test_the_pump_publishes_each_due_delivery_once(client: redis.Redis,
     assert client.zscore(keys.webhook_due(), due_member("a", "job.completed")) > now + 3
     for r in runners:
         r.deliverer().close()
+
+
+def test_poison_jobs_send_job_failed(client: redis.Redis, receiver: ReceiverProc) -> None:
+    s = settings()
+    on_poison = poison_webhook(client, s)
+    failed_only = make_job(client, receiver.hook("ok"), status="failed", events=("job.failed",))
+    completed_only = make_job(client, receiver.hook("ok"), status="failed",
+                              events=("job.completed",))
+    on_poison(failed_only)
+    on_poison(completed_only)
+    on_poison(str(uuid.uuid4()))  # gone: nothing, and no error
+    [message] = [orjson.loads(m) for m in client.lrange(s.webhook_queue, 0, -1)]
+    assert message["headers"]["argsrepr"] == repr([failed_only, "job.failed"])
+    assert Deliverer(client, s).deliver(failed_only, "job.failed") == "delivered"
+    [hit] = receiver.log()
+    assert hit["verified"] and hit["body"]["type"] == "job.failed"
+    assert hit["body"]["data"]["error"] == {"type": "PredictError", "message": "boom"}
+    assert "outputs" not in hit["body"]["data"]

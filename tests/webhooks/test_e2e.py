@@ -107,6 +107,9 @@ def test_503_twice_then_200_gives_three_logged_attempts(
     assert all(h["verified"] for h in log)
     shown = str(job)
     assert "whsec_" not in shown and "v1," not in shown  # no secret, no signature
+    metrics = httpx.get(f"{base}/metrics", params={"scope": "cluster"}).text
+    assert 'predq_webhook_deliveries_total{outcome="retry"} 2' in metrics
+    assert 'predq_webhook_deliveries_total{outcome="delivered"} 1' in metrics
 
 
 def test_410_stops_after_one_attempt(
@@ -225,3 +228,31 @@ def test_the_guard_refuses_at_submit_and_at_delivery_with_the_allow_list_off(
     [attempt] = job["webhook"]["attempts"]
     assert attempt["error"].startswith(f"BlockedAddress: {name} resolves to 127.")
     assert receiver.log() == []
+
+
+@pytest.mark.slow
+def test_a_backlog_of_dead_receivers_never_takes_the_predict_prefetch(
+        registry_with_models: Any, keys: dict[str, str], receiver: ReceiverProc,
+        webhook_env: dict[str, str], start_worker: Callable[..., Any],
+        start_api: Callable[..., str]) -> None:
+    """Prefetch of 2 messages and one delivery thread: 8 hanging webhooks are held (4) or
+    parked in Redis (4), predictions keep flowing, and each webhook is attempted once."""
+    webhook_env.update(PREDQ_WEBHOOK_TIMEOUT_S="1.5", PREDQ_WEBHOOK_RETRY_SCHEDULE_S="0",
+                       PREDQ_WEBHOOK_CONCURRENCY="1", PREDQ_MAX_BATCH_JOBS="1")
+    base = up(start_worker, start_api, concurrency=1)
+    with client(base, keys["user"]) as c:
+        ids = [submit(c, receiver.hook("hang"), seed=i) for i in range(8)]
+        for job_id in ids:
+            assert c.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()["status"] == \
+                "succeeded"
+        receiver.wait_for(lambda log: len(log) >= 1)
+        for seed in range(5):
+            r = c.post("/v1/models/iris/predict", json={"inputs": iris_sample_rows(2, seed)})
+            assert r.status_code == 200, r.text
+        assert len(receiver.log()) < 8  # the predictions did not wait for the backlog
+        jobs = [wait_webhook(c, j, {"failed"}, timeout=60) for j in ids]
+    for job in jobs:
+        [attempt] = job["webhook"]["attempts"]
+        assert attempt["error"].startswith("Timeout")
+    log = receiver.log()
+    assert len(log) == 8 and len({h["headers"]["webhook-id"] for h in log}) == 8

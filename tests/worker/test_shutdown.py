@@ -68,7 +68,7 @@ def slow_stack(registry_with_models: Registry, tmp_path: Path, start_api: Callab
 
 def test_sigterm_finishes_the_running_batch_and_returns_the_buffer(
         slow_stack: Callable[[float], dict[str, Any]], start_worker: Callable[..., Any]) -> None:
-    s = slow_stack(3.0)
+    s = slow_stack(1.5)  # two predict_proba calls per batch: 3 s
     r, keys, queue = s["redis"], s["keys"], s["queue"]
     env = {"PREDQ_WORKER_SHUTDOWN_GRACE_S": "60", "PREDQ_AUTH_ENABLED": "false"}
     first = start_worker(1, extra_env=env)
@@ -101,7 +101,7 @@ def test_sigterm_finishes_the_running_batch_and_returns_the_buffer(
 
 def test_grace_period_bounds_the_shutdown_and_requeues_the_batch(
         slow_stack: Callable[[float], dict[str, Any]], start_worker: Callable[..., Any]) -> None:
-    s = slow_stack(8.0)
+    s = slow_stack(3.0)  # 6 s per batch
     r, keys, queue = s["redis"], s["keys"], s["queue"]
     first = start_worker(1, extra_env={"PREDQ_WORKER_SHUTDOWN_GRACE_S": "1"})
     with httpx.Client(base_url=s["base"], timeout=30) as c:
@@ -111,7 +111,7 @@ def test_grace_period_bounds_the_shutdown_and_requeues_the_batch(
         first.child.send_signal(signal.SIGTERM)
         first.proc.wait(timeout=20)
         took = time.monotonic() - t0
-        assert took < 6.0, f"the worker took {took:.1f}s to stop with a 1s grace period"
+        assert took < 5.0, f"the worker took {took:.1f}s to stop with a 1s grace period"
         assert "shutdown grace period (1s) is over" in first.tail(200)
         # The killed batch's message is back in the queue; the job will run again.
         wait_until(lambda: r.llen(queue) == 1, 10, "the job's message to be requeued")
