@@ -24,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,6 +68,7 @@ class Run:
         self.completed = 0
         self.total = 0
         self.requests = 0
+        self.stages: dict[str, list[float]] = {}
         self.errors = 0
         self.error_samples: list[str] = []
         self.cpu_before: cpu.Snapshot = {}
@@ -81,10 +83,27 @@ class Run:
             self.completed += 1
             self.latencies.append((now - started) * 1000)
 
+    def stage(self, wall0: float, wall_posted: float, wall_done: float,
+              job: dict[str, Any]) -> None:
+        """Where one job's time went, from its record's timestamps (same host clock)."""
+        try:
+            created, started, finished = (_ts(job[k]) for k in
+                                          ("created_at", "started_at", "finished_at"))
+        except (KeyError, TypeError, ValueError):
+            return
+        for name, value in (("post_response", wall_posted - wall0),
+                            ("queued", started - created), ("running", finished - started),
+                            ("finished_to_client", wall_done - finished)):
+            self.stages.setdefault(name, []).append(value * 1000)
+
     def error(self, msg: str) -> None:
         self.errors += 1
         if len(self.error_samples) < 5:
             self.error_samples.append(msg[:300])
+
+
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _client_cpu() -> float:
@@ -108,6 +127,7 @@ async def _job_loop(run: Run, client: httpx.AsyncClient, bodies: list[bytes], k:
         body = bodies[i % len(bodies)]
         i += run.args.clients
         started = time.perf_counter()
+        wall0 = time.time()
         try:
             run.requests += _in_window(run)
             if mode == "predict":
@@ -126,14 +146,18 @@ async def _job_loop(run: Run, client: httpx.AsyncClient, bodies: list[bytes], k:
             if mode == "enqueue":
                 run.done(started)
                 continue
+            wall_posted = time.time()
             job_id = orjson.loads(r.content)["id"]
             for _ in range(10):  # each long-poll holds up to 30 s; bounded anyway
                 run.requests += _in_window(run)
                 g = await client.get(f"/v1/jobs/{job_id}?wait=30")
-                status = orjson.loads(g.content).get("status") if g.status_code == 200 else None
+                job = orjson.loads(g.content) if g.status_code == 200 else {}
+                status = job.get("status")
                 if status not in ("queued", "running") or time.perf_counter() > run.hard_end:
                     break
             if status == "succeeded":
+                if run.t_start <= time.perf_counter() <= run.t_end:
+                    run.stage(wall0, wall_posted, time.time(), job)
                 run.done(started)
             else:
                 run.error(f"job {job_id}: GET {g.status_code} status {status}: {g.text[:200]}")
@@ -192,6 +216,7 @@ async def timed(args: argparse.Namespace, groups: dict[str, int]) -> dict[str, A
         "window_s": args.duration, "completed": run.completed,
         "rate": run.completed / args.duration, "total": run.total,
         "requests_in_window": run.requests,
+        "stages_ms": {k: percentiles(v) for k, v in run.stages.items()},
         "latency_ms": percentiles(run.latencies),
         "latencies_ms": [round(x, 2) for x in run.latencies], "errors": run.errors,
         "error_samples": run.error_samples, "cpu_s": usage,

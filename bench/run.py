@@ -306,6 +306,13 @@ class Bench:
                  "requests_per_job": requests / completed if completed and requests else None,
                  "cpu_s": usage, "batch_jobs": jobs, "batches": batches,
                  "mean_jobs_per_batch": round(jobs / batches, 1) if batches else None}
+        stages: dict[str, list[float]] = {}
+        for r in rs:
+            for k, v in (r.get("stages_ms") or {}).items():
+                if v.get("p50") is not None:
+                    stages.setdefault(k, []).append(v["p50"])
+        if stages:  # the mean over the rounds of each stage's p50
+            phase["stages_p50_ms"] = {k: statistics.fmean(v) for k, v in stages.items()}
         if mode == "drain":
             phase["drains"] = [{k: r[k] for k in ("backlog", "drained", "rate",
                                                   "total_s", "first_done_s")} for r in rs]
@@ -634,6 +641,20 @@ _LABELS = {
 }
 
 
+def stages_table(phases: list[dict[str, Any]]) -> list[str]:
+    """Where a job's time goes (p50 of each stage, from the job record's timestamps)."""
+    lines = ["", "Where an end-to-end job's time goes (p50 ms; queued = created_at → started_at "
+             "(claim), running = started_at → finished_at, finished → client = pub/sub wake-up "
+             "+ GET + response):", "",
+             "| phase | POST answered | queued | running | finished → client |",
+             "|---|---:|---:|---:|---:|"]
+    for p in phases:
+        st = p["stages_p50_ms"]
+        lines.append(f"| {p['phase']} | {_f(st.get('post_response'))} | {_f(st.get('queued'))} "
+                     f"| {_f(st.get('running'))} | {_f(st.get('finished_to_client'))} |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"predq benchmark, {result['when']}: {result['mode']} run, {result['clients']} "
@@ -656,6 +677,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_f(lat.get('p99'))} | {_f(p.get('mean_jobs_per_batch'))} | "
             f"{_f(c.get('api'), 2)} | {worker} | {_f(c.get('redis'), 2)} | "
             f"{_f(c.get('client'), 2)} | {_f(c.get('total'), 2)} |")
+    staged = [p for p in result["phases"] if p.get("stages_p50_ms")]
+    if staged:
+        lines += stages_table(staged)
     r = result["ratios"]
     lines += ["", "| ratio | value | per round | target | verdict |",
               "|---|---:|---|---:|---|"]

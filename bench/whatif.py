@@ -136,6 +136,7 @@ def main() -> int:
                      f"{R._f(lat.get('p99'))} | {R._f(ph.get('mean_jobs_per_batch'))} | "
                      f"{R._f(c.get('api'), 2)} | {worker} | {R._f(c.get('redis'), 2)} | "
                      f"{R._f(c.get('client'), 2)} | {R._f(c.get('total'), 2)} |")
+    lines += R.stages_table([ph for ph in bench.phases if ph.get("stages_p50_ms")])
     lines += ["", f"e2e B/A = {ratios['e2e B/A']:.2f} (rounds: "
               f"{', '.join(f'{x:.2f}' for x in ratios['e2e B/A per round'])}); drain B/A = "
               f"{ratios['drain B/A']:.2f} (rounds: "

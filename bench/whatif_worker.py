@@ -13,6 +13,9 @@ PATCHES is a comma-separated list (or ``none``) of:
 - ``idle-flush``  -- dispatch a buffer at once only when *no* batch is in flight (instead of
   when *a* pool process is free); otherwise wait for a process to free up, ``max_batch_jobs``
   or ``max_wait_ms``.
+- ``hold-while-busy`` -- the ``max_wait_ms`` timer no longer hands a buffer to a pool whose
+  processes are all busy (where it would wait in billiard's queue as a small batch of its
+  own); the buffer grows until a process frees up or ``max_batch_jobs``/``max_batch_rows``.
 - ``script-nocheck`` -- skip redis-py's ``SCRIPT EXISTS`` round trip before each pipeline
   that holds an EVALSHA (the worker's finish pipeline): scripts are loaded once at start.
 
@@ -86,6 +89,17 @@ def idle_flush() -> None:
     PredictBatches._add = _add  # type: ignore[method-assign]
 
 
+def hold_while_busy() -> None:
+    from worker.batching import PredictBatches
+
+    def _on_timer(self: Any) -> None:
+        self._tref = None
+        if self._reqs and self._inflight < self._slots:
+            self._flush_now()
+
+    PredictBatches._on_timer = _on_timer  # type: ignore[method-assign]
+
+
 def script_nocheck() -> None:
     import redis.client
 
@@ -99,7 +113,7 @@ def script_nocheck() -> None:
 
 
 PATCHES = {"no-events": no_events, "ack-batch": ack_batch, "idle-flush": idle_flush,
-           "script-nocheck": script_nocheck}
+           "hold-while-busy": hold_while_busy, "script-nocheck": script_nocheck}
 
 
 def main() -> None:

@@ -372,8 +372,8 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
                 _register_demo(settings)
             flower_address = _start_children(sup, host, port, flower_port, settings)
             base_url = f"http://{_url_host(host)}:{port}"
-            _wait_ready(sup, base_url)
             flower_url = f"http://{_url_host(flower_address)}:{flower_port}"
+            _wait_ready(sup, base_url, flower_url)
             _print_banner(base_url, flower_url, redis, api_key)
             _supervise(sup, redis)
         except (KeyboardInterrupt, _StopRequested):
@@ -388,7 +388,10 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
     click.echo("predq up: stopped", err=True)
 
 
-def _wait_ready(sup: Supervisor, base_url: str) -> None:
+def _wait_ready(sup: Supervisor, base_url: str, flower_url: str) -> None:
+    """Wait until the API and Flower answer (Flower's /healthcheck needs no password)."""
     from predq.procs import wait_for_url
 
     wait_for_url(f"{base_url}/healthz", timeout=UP_READY_TIMEOUT_S, children=sup.children)
+    wait_for_url(f"{flower_url}/healthcheck", timeout=UP_READY_TIMEOUT_S,
+                 children=sup.children)

@@ -63,7 +63,8 @@ def _master(settings: Settings) -> str:
 
 
 def _sentinel_kwargs(settings: Settings, kwargs: dict[str, Any]) -> dict[str, Any]:
-    out = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs}
+    out: dict[str, Any] = {
+        k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs}
     if settings.redis_sentinel_password:
         out["password"] = settings.redis_sentinel_password
     return out
@@ -82,7 +83,8 @@ def sync_client(settings: Settings, **kwargs: Any) -> Any:
 
         def close(self) -> None:
             super().close()
-            for node in self.connection_pool.sentinel_manager.sentinels:
+            pool: Any = self.connection_pool  # a SentinelConnectionPool
+            for node in pool.sentinel_manager.sentinels:
                 node.close()
 
     t = parse_sentinel_url(settings.redis_url)
@@ -104,7 +106,8 @@ def async_client(settings: Settings, **kwargs: Any) -> Any:
 
         async def aclose(self, close_connection_pool: bool | None = None) -> None:
             await super().aclose(close_connection_pool)
-            for node in self.connection_pool.sentinel_manager.sentinels:
+            pool: Any = self.connection_pool  # a SentinelConnectionPool
+            for node in pool.sentinel_manager.sentinels:
                 await node.aclose()
 
     t = parse_sentinel_url(settings.redis_url)

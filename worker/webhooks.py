@@ -190,6 +190,7 @@ class WebhookRunner:
             log.warning("webhook %s: cannot park it; requeued", req.args, exc_info=True)
             consumer.timer.call_after(REQUEUE_PAUSE_S, req.reject, (), {"requeue": True})
             return
+        log.debug("webhook %s parked in Redis: %d deliveries held", req.args, self._held)
         req.acknowledge()
 
     def _run(self, args: list[Any]) -> str:
@@ -224,7 +225,8 @@ def register_webhook_task(app: Celery, settings: Settings) -> WebhookRunner:
         def Strategy(self, task: Any, app: Celery, consumer: Any) -> Any:  # noqa: N802
             return runner.strategy(task, app, consumer)
 
-    @app.task(base=WebhookTask, name=WEBHOOK_TASK, bind=True, acks_late=True)
+    @app.task(base=WebhookTask, name=WEBHOOK_TASK, bind=True,  # type: ignore[untyped-decorator]
+              acks_late=True)
     def webhook(self: Any, job_id: str, event: str) -> str:
         """Deliver in the calling thread (used only when called directly, e.g. apply())."""
         return runner.deliverer().deliver(job_id, event)
@@ -233,5 +235,5 @@ def register_webhook_task(app: Celery, settings: Settings) -> WebhookRunner:
         runner.stop()
 
     signals.worker_shutting_down.connect(_on_shutdown, weak=False)
-    app.predq_webhooks = runner  # type: ignore[attr-defined]
+    app.predq_webhooks = runner
     return runner

@@ -52,8 +52,8 @@ WebhookSignature = Annotated[str, Header(
     alias="webhook-signature",
     description="v1,<base64 HMAC-SHA256 of '{id}.{timestamp}.{body}'>, one per secret, "
                 "space-separated.")]
-_RECEIVER = {"2XX": {"description": "Received. Anything else is retried or dropped (see the "
-                                    "retry policy)."}}
+_RECEIVER: dict[int | str, dict[str, Any]] = {"2XX": {
+    "description": "Received. Anything else is retried or dropped (see the retry policy)."}}
 
 
 def _document(app: FastAPI) -> None:

@@ -6,6 +6,7 @@ own HTTP API, as an operator's script would.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,3 +92,26 @@ def test_flower_lists_every_job_with_its_state_runtime_and_worker(
     queues = {q["name"] for q in workers[worker.hostname]["active_queues"]}
     assert queues == {env["PREDQ_DEFAULT_QUEUE"], env["PREDQ_WEBHOOK_QUEUE"]}
     fl.close()
+
+
+@pytest.mark.parametrize(("address", "auth", "message"), [
+    ("0.0.0.0", None, "without a password"),
+    ("10.1.2.3", None, "without a password"),
+    ("flower.internal", None, "without a password"),  # a name may resolve to anything
+    ("0.0.0.0", "nopassword", "must look like user:password"),
+])
+def test_flower_refuses_to_listen_beyond_loopback_without_basic_auth(
+        monkeypatch: pytest.MonkeyPatch, address: str, auth: str | None, message: str) -> None:
+    from click.testing import CliRunner
+
+    from predq.cli import main
+    from shared.settings import get_settings
+
+    for name in [n for n in os.environ if n.startswith("PREDQ_")]:
+        monkeypatch.delenv(name)
+    if auth is not None:
+        monkeypatch.setenv("PREDQ_FLOWER_BASIC_AUTH", auth)
+    get_settings.cache_clear()
+    result = CliRunner().invoke(main, ["flower", "--address", address])
+    assert result.exit_code == 2, result.output
+    assert message in result.output

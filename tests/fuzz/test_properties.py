@@ -2,8 +2,8 @@
 
 Rows are generated from each registered model's manifest (the demo ``iris`` forest and the
 ``mixed`` ColumnTransformer pipeline): numbers including 1e308, -1e308, the float32 limits,
-0, -0.0 and subnormals, integers beyond 64 bits, unicode and empty strings, known and unknown categories,
-booleans, nulls, missing and extra keys. For every body:
+0, -0.0 and subnormals, integers beyond 64 bits, unicode and empty strings, known and unknown
+categories, booleans, nulls, missing and extra keys. For every body:
 
 - ``ModelSchema.parse`` either accepts it or raises ``InvalidInput``, never anything else;
 - an accepted body, decoded from the codec exactly as the worker does (``build_frame``), goes

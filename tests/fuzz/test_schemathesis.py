@@ -5,7 +5,7 @@ Every operation the document lists (the generic routes and each registered model
 key, with the admin key, and with no key. Every response must be no 5xx, carry a status code
 and content type the document declares for that operation, and match the declared schema.
 
-Bounded for CI: ``PREDQ_FUZZ_EXAMPLES`` examples per operation and mode (default 25), waits
+Bounded for CI: ``PREDQ_FUZZ_EXAMPLES`` examples per operation and mode (default 40), waits
 capped at 1 s (``PREDQ_MAX_WAIT_S=1``), a fixed seed so a failure replays.
 """
 
@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
-EXAMPLES = int(os.environ.get("PREDQ_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("PREDQ_FUZZ_EXAMPLES", "40"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 FUZZ_ENV = {"PREDQ_MAX_WAIT_S": "1", "PREDQ_SYNC_WAIT_S": "1", "PREDQ_LOG_LEVEL": "WARNING"}

@@ -243,7 +243,7 @@ def broker_state(redis_url: str, job_ids: Iterable[str]) -> dict[str, str]:
     ``unacked`` hash: delivered to a worker, not acknowledged; restored by a sweep once older
     than the visibility timeout), or ``no message``."""
     wanted = set(job_ids)
-    out = {j: "no unacked message" for j in wanted}
+    out = dict.fromkeys(wanted, "no unacked message")
     client = redis.Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=3)
     try:
         now = time.time()

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+import redis
 
 from api.schemas import Job, WebhookEvent
 from predq.demo import iris_sample_rows
@@ -52,6 +54,7 @@ def wait_webhook(c: httpx.Client, job_id: str, states: set[str], timeout: float 
 @pytest.mark.slow
 def test_100_concurrent_jobs_each_get_one_verified_completed(
         registry_with_models: Any, keys: dict[str, str], receiver: ReceiverProc,
+        webhook_env: dict[str, str],
         start_worker: Callable[..., Any], start_api: Callable[..., str]) -> None:
     base = up(start_worker, start_api)
     hook = receiver.hook("ok")
@@ -87,6 +90,21 @@ def test_100_concurrent_jobs_each_get_one_verified_completed(
             assert hit["headers"]["webhook-id"] == got["webhook"]["webhook_id"]
             assert jobs[data["id"]]["webhook"]["state"] == "delivered"
             assert [a["status_code"] for a in got["webhook"]["attempts"]] == [200]
+    # every webhook message was acknowledged (kombu's hash of unacked messages)
+    deadline = time.monotonic() + 10
+    while unacked_webhook_messages(webhook_env) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert unacked_webhook_messages(webhook_env) == 0
+
+
+def unacked_webhook_messages(env: dict[str, str]) -> int:
+    r = redis.Redis.from_url(env["PREDQ_REDIS_URL"])
+    try:
+        queue = env["PREDQ_WEBHOOK_QUEUE"]
+        return sum(1 for _, raw in r.hscan_iter("unacked", count=1000)
+                   if orjson.loads(raw)[2] == queue)
+    finally:
+        r.close()
 
 
 def test_503_twice_then_200_gives_three_logged_attempts(
