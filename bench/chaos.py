@@ -386,6 +386,9 @@ def summarize(args: argparse.Namespace, load: Load, wall_s: float) -> dict[str, 
     failed = Counter(f"{r.error_type}: {(r.error_msg or '')[:120]}" for r in accepted
                      if r.status in ("failed", "expired", "cancelled"))
     lat = [(r.t_done - r.t_first) * 1000 for r in accepted if r.t_done is not None]
+    done_times = [r.t_done for r in accepted if r.t_done is not None]
+    # throughput up to the last job that ended (not counting the drain wait for lost jobs)
+    active_s = (max(done_times) - load.stack.t0) if done_times else 0.0
     not_submitted = Counter(r.post_error.split(":")[0] for r in recs if r.post_error)
     return {
         "command": "python -m bench.chaos " + " ".join(sys.argv[1:]),
@@ -421,7 +424,8 @@ def summarize(args: argparse.Namespace, load: Load, wall_s: float) -> dict[str, 
                        "p99": round(percentile(lat, 99), 1),
                        "max": round(max(lat), 1) if lat else None},
         "wall_s": round(wall_s, 1),
-        "jobs_per_s": round(len(lat) / wall_s, 1) if wall_s else None,
+        "last_job_ended_at_s": round(active_s, 1),
+        "jobs_per_s": round(len(lat) / active_s, 1) if active_s else None,
     }
 
 
@@ -430,7 +434,8 @@ def print_summary(s: dict[str, Any]) -> None:
         "",
         f"predq chaos run: {s['config']['jobs']} jobs, {s['config']['clients']} clients, "
         f"{s['config']['workers']} workers x {s['config']['concurrency']}, "
-        f"{s['wall_s']} s, {s['jobs_per_s']} jobs/s",
+        f"{s['wall_s']} s (last job ended at {s['last_job_ended_at_s']} s: "
+        f"{s['jobs_per_s']} jobs/s)",
         "chaos events:",
         *[f"  t={e['at_s']:>6} s  {e['event']:<14} ({e['took_s']} s) "
           f"{ {k: v for k, v in e.items() if k not in ('event', 'at_s', 'took_s')} }"

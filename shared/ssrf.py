@@ -142,6 +142,11 @@ def _split(url: str) -> tuple[SplitResult, str, int]:
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise UnsafeUrl("the URL has no host")
+    if not host.isascii():  # an internationalized name: its ASCII (punycode) form
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as e:
+            raise UnsafeUrl(f"the URL's host is not a valid name: {e}") from e
     try:
         port = parts.port or _SCHEMES[scheme]
     except ValueError as e:
@@ -195,6 +200,8 @@ def resolve(url: str, allow: AllowList, resolver: Resolver = socket.getaddrinfo)
         netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
     pinned = parts._replace(netloc=netloc).geturl()
     host_header = parts.netloc.rsplit("@", 1)[-1]
+    if not host_header.isascii():
+        host_header = host_header.encode("idna").decode("ascii")
     is_https = parts.scheme.lower() == "https"
     sni = host if is_https and literal is None else None
     return Target(url=pinned, host_header=host_header, sni_hostname=sni, ip=ip)

@@ -37,7 +37,7 @@ async def redeliver_webhook(job_id: str, state: StateDep, _: Admin) -> Response:
 async def list_dead_webhooks(
     state: StateDep, _: Admin,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> dict[str, Any]:
     """List webhooks that failed for good (admin), newest first."""
     return await dead_letters(state.redis, state.settings, limit=limit, offset=offset)

@@ -109,6 +109,8 @@ async def test_admin_routes_answer_conflicts_clearly(api: Any) -> None:
         problem(await c.post("/v1/jobs/nope/webhook/redeliver"), 404)
         dead = await c.get("/v1/webhooks/dead", params={"limit": 10})
         assert dead.status_code == 200 and dead.json() == {"total": 0, "items": []}
+        problem(await c.get("/v1/webhooks/dead", params={"offset": 10**20}), 422)
+        problem(await c.get("/v1/webhooks/dead", params={"limit": 0}), 422)
 
 
 async def test_admin_routes_need_the_admin_scope(api: Any) -> None:

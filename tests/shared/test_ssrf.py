@@ -116,3 +116,16 @@ def test_the_allow_list_exempts_hosts_and_networks() -> None:
         resolve("http://svc.internal/", allow, _resolver("192.168.0.1"))
     with pytest.raises(UnsafeUrl):
         check_url("http://127.0.0.2/", allow)
+
+
+def test_international_names_go_out_in_their_ascii_form() -> None:
+    seen: list[str] = []
+
+    def resolver(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+        seen.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    t = resolve("https://bücher.example:8443/x", OFF, resolver)
+    assert seen == ["xn--bcher-kva.example"]
+    assert t.sni_hostname == "xn--bcher-kva.example"
+    assert t.host_header == "xn--bcher-kva.example:8443"
