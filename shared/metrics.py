@@ -8,7 +8,8 @@ Two kinds, by where the numbers live:
 - **Cluster metrics** (the ``Cluster*`` objects below): what the workers do. Workers add to
   counters and histogram buckets in one Redis hash (``Keys.metrics()``) inside the pipeline
   each batch already sends (no extra round trip), and every API replica's ``/metrics`` renders
-  that hash together with gauges read from Redis at scrape time (queue depth, live workers).
+  that hash together with gauges read from Redis at scrape time (queue depth, live workers);
+  the rendering is :mod:`shared.exposition`.
 
 Why Redis rather than prometheus_client's multiprocess mode for workers: workers are prefork
 pools whose processes come and go, on many machines. A Redis hash aggregates across processes
@@ -27,7 +28,7 @@ import logging
 import os
 import re
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +38,6 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
 )
 from prometheus_client.utils import floatToGoString
 
@@ -111,15 +106,16 @@ class ClusterHistogram:
     documentation: str
     buckets: tuple[float, ...]
     labelnames: tuple[str, ...] = ()
-    _bounds: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    #: The ``le`` label of each bucket, as Prometheus prints it ("0.005", "1.0", "1e+06").
+    bounds: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_bounds", tuple(floatToGoString(b) for b in self.buckets))
+        object.__setattr__(self, "bounds", tuple(floatToGoString(b) for b in self.buckets))
 
     def bucket_of(self, value: float) -> str:
         """The ``le`` of the smallest bucket holding ``value``."""
         i = bisect.bisect_left(self.buckets, value)
-        return self._bounds[i] if i < len(self._bounds) else "+Inf"
+        return self.bounds[i] if i < len(self.bounds) else "+Inf"
 
     def observe(self, pipe: Any, keys: Keys, values: Iterable[float], **labels: str) -> None:
         """Queue the commands recording ``values``: one HINCRBY per bucket touched, plus sum
@@ -204,106 +200,25 @@ def record_webhook(pipe_or_client: Any, keys: Keys, outcome: str,
         log.debug("could not record a webhook metric: %r", e)
 
 
-# -- rendering ----------------------------------------------------------------------------------
+# -- gauges computed at scrape time (rendered by shared.exposition) --------------------------------
 
 
-@dataclass
-class ClusterSnapshot:
-    """Everything cluster-wide that one scrape renders, read from Redis in one pipeline."""
+@dataclass(frozen=True)
+class ScrapeGauge:
+    """A gauge the API reads from Redis when scraped (nothing increments it)."""
 
-    counters: Mapping[bytes | str, bytes | str] = field(default_factory=dict)
-    queue_depth: Mapping[str, int] = field(default_factory=dict)
-    workers_alive: int = 0
-    unacked: int = 0
-    redis_up: bool = True
+    name: str
+    documentation: str
+    labelnames: tuple[str, ...] = ()
 
 
-def _decode(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def _cluster_families(snap: ClusterSnapshot) -> Iterator[Metric]:
-    parsed: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for raw_field, raw_value in snap.counters.items():
-        name, labels = parse_field(_decode(raw_field))
-        try:
-            parsed.setdefault(name, []).append((labels, float(_decode(raw_value))))
-        except ValueError:
-            continue
-    for metric in CLUSTER_METRICS:
-        if isinstance(metric, ClusterCounter):
-            yield _counter_family(metric, parsed.get(metric.name, []))
-        else:
-            yield _histogram_family(metric, parsed)
-    depth = GaugeMetricFamily("predq_queue_depth", "Messages waiting in a queue (all priorities).",
-                              labels=["queue"])
-    for queue, n in sorted(snap.queue_depth.items()):
-        depth.add_metric([queue], n)
-    yield depth
-    yield GaugeMetricFamily("predq_workers_alive", "Workers whose heartbeat is recent.",
-                            value=snap.workers_alive)
-    yield GaugeMetricFamily(
-        "predq_broker_unacked_messages",
-        "Messages delivered to workers and not yet acknowledged (buffered or running).",
-        value=snap.unacked)
-    yield GaugeMetricFamily("predq_redis_up", "Whether Redis answered this scrape.",
-                            value=1 if snap.redis_up else 0)
-
-
-def _counter_family(metric: ClusterCounter, samples: list[tuple[dict[str, str], float]]
-                    ) -> CounterMetricFamily:
-    fam = CounterMetricFamily(metric.name, metric.documentation, labels=list(metric.labelnames))
-    values: dict[tuple[str, ...], float] = {tuple(init): 0.0 for init in metric.initial}
-    for labels, value in samples:
-        key = tuple(labels.get(n, "") for n in metric.labelnames)
-        values[key] = values.get(key, 0.0) + value
-    for key, value in sorted(values.items()):
-        fam.add_metric(list(key), value)
-    return fam
-
-
-def _histogram_family(metric: ClusterHistogram,
-                      parsed: Mapping[str, list[tuple[dict[str, str], float]]]
-                      ) -> HistogramMetricFamily:
-    fam = HistogramMetricFamily(metric.name, metric.documentation,
-                                labels=list(metric.labelnames))
-    series: dict[tuple[str, ...], dict[str, Any]] = {}
-
-    def entry(labels: dict[str, str]) -> dict[str, Any]:
-        key = tuple(labels.get(n, "") for n in metric.labelnames)
-        return series.setdefault(key, {"buckets": {}, "sum": 0.0})
-
-    for labels, value in parsed.get(f"{metric.name}_bucket", []):
-        le = labels.get("le", "+Inf")
-        buckets = entry(labels)["buckets"]
-        buckets[le] = buckets.get(le, 0.0) + value
-    for labels, value in parsed.get(f"{metric.name}_sum", []):
-        entry(labels)["sum"] += value
-    for key, data in sorted(series.items()):
-        known = dict.fromkeys(metric._bounds, 0.0)
-        known.update(data["buckets"])
-        known.setdefault("+Inf", 0.0)
-        cumulative, running = [], 0.0
-        for le in sorted(known, key=float):
-            running += known[le]
-            cumulative.append((le, running))
-        fam.add_metric(list(key), cumulative, sum_value=data["sum"])
-    return fam
-
-
-class _Families:
-    """An object with ``collect()``, which is all ``generate_latest`` needs."""
-
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self._families = list(families)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
-def render_cluster(snap: ClusterSnapshot) -> bytes:
-    """The Prometheus text of the cluster metrics in ``snap``."""
-    return generate_latest(_Families(_cluster_families(snap)))  # type: ignore[arg-type]
+QUEUE_DEPTH = ScrapeGauge("predq_queue_depth", "Messages waiting in a queue (all priorities).",
+                          ("queue",))
+WORKERS_ALIVE = ScrapeGauge("predq_workers_alive", "Workers whose heartbeat is recent.")
+BROKER_UNACKED = ScrapeGauge(
+    "predq_broker_unacked_messages",
+    "Messages delivered to workers and not yet acknowledged (buffered or running).")
+REDIS_UP = ScrapeGauge("predq_redis_up", "Whether Redis answered this scrape.")
 
 
 # -- process metrics (the API) ------------------------------------------------------------------

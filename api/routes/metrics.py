@@ -17,15 +17,9 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from api.deps import StateDep
+from shared.exposition import ClusterSnapshot, render_cluster
 from shared.keys import WORKER_ALIVE_BEATS, Keys
-from shared.metrics import (
-    CONTENT_TYPE,
-    UNACKED_KEY,
-    ClusterSnapshot,
-    HttpMetrics,
-    broker_lists,
-    render_cluster,
-)
+from shared.metrics import CONTENT_TYPE, UNACKED_KEY, HttpMetrics, broker_lists
 from shared.settings import Settings
 
 router = APIRouter(tags=["operations"])

@@ -12,11 +12,14 @@ Helpers here:
 - ``push``: ``push(name, kind, **kw)`` registers a faulty model in the test's registry:
   ``kind`` is ``"killer"`` (:class:`tests.helpers.killer.Killer`, ``delay``/``noisy``) or a
   :class:`tests.helpers.faulty.Faulty` mode (``"raise"``, ``"short"``, ``"slow"``, ``delay``).
-- ``rstack``: ``rstack(workers=1, concurrency=1, api=True, **env)`` -> :class:`RStack` with an
-  :class:`Api` client; every process gets the same extra ``PREDQ_*`` values.
+- ``rstack``: ``rstack(workers=1, concurrency=1, **env)`` -> :class:`RStack` (workers first,
+  then the API, all ready) with :class:`Api` clients; every process gets the same extra
+  ``PREDQ_*`` values, and ``RStack.add_worker()`` starts another one with them.
 - :class:`Api`: a bounded httpx client that records every ``outputs`` it ever read per job,
   so :meth:`Api.assert_no_double_results` can prove no job showed two different results.
-- :func:`job_hash` / :func:`diagnose`: the raw job hash in Redis, for failure messages.
+- :func:`job_hash` / :func:`broker_state` / :func:`diagnose`: the raw job hash and where the
+  job's Celery message is (kombu's ``unacked`` hash), for failure messages and signatures.
+- :func:`pool_pids`: the prefork pool processes of a worker (children of its main process).
 
 Every wait here is bounded by a deadline (``time.monotonic``) and a maximum iteration count.
 """

@@ -97,6 +97,11 @@ def test_records_and_keys_expire_after_the_result_ttl(
     assert "idempotent-replayed" not in r.headers
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "product bug, reported to the lead: the job hash's TTL (PREDQ_RESULT_TTL_S) starts at "
+    "submit, so a job that waits longer than the TTL vanishes (404) without ever running, and "
+    "the CLAIM script's 'missing' branch never DECRBYs the model's qrows counter, so its rows "
+    "stay counted and the model answers 429 forever"))
 def test_a_job_queued_longer_than_the_ttl_is_not_lost(
         rstack: Any, start_api: Any, keys: dict[str, str], redis_url: str,
         settings_env: dict[str, str]) -> None:

@@ -9,6 +9,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import metrics as m
+from shared.exposition import ClusterSnapshot, render_cluster
 from shared.keys import Keys
 
 
@@ -33,8 +34,8 @@ def keys(settings_env: dict[str, str]) -> Keys:
     return Keys(settings_env["PREDQ_KEY_PREFIX"])
 
 
-def snapshot(client: Any, keys: Keys, **kw: Any) -> m.ClusterSnapshot:
-    return m.ClusterSnapshot(counters=client.hgetall(keys.metrics()), **kw)
+def snapshot(client: Any, keys: Keys, **kw: Any) -> ClusterSnapshot:
+    return ClusterSnapshot(counters=client.hgetall(keys.metrics()), **kw)
 
 
 def test_sample_fields_round_trip_with_escapes() -> None:
@@ -53,7 +54,7 @@ def test_histogram_buckets_are_stored_flat_and_rendered_cumulative(client: Any, 
         pipe.execute()
     raw = client.hgetall(keys.metrics())
     assert int(raw[b'predq_queue_wait_seconds_bucket{le="0.005"}']) == 2  # not cumulative
-    got = samples(m.render_cluster(snapshot(client, keys)))
+    got = samples(render_cluster(snapshot(client, keys)))
     bucket = "predq_queue_wait_seconds_bucket"
     assert got[(bucket, (("le", "0.001"),))] == 1
     assert got[(bucket, (("le", "0.005"),))] == 3
@@ -72,7 +73,7 @@ def test_counters_with_labels_and_initial_zeros(client: Any, keys: Keys) -> None
         m.MODEL_LOAD_SECONDS.inc(pipe, keys, 0.25)
         m.PREDICT_DURATION.observe(pipe, keys, [0.02], model="iris", version="1")
         pipe.execute()
-    got = samples(m.render_cluster(snapshot(client, keys, queue_depth={"q": 4},
+    got = samples(render_cluster(snapshot(client, keys, queue_depth={"q": 4},
                                             workers_alive=2, unacked=7)))
     assert got[("predq_jobs_finished_total", (("status", "succeeded"),))] == 2
     for status in ("failed", "cancelled", "expired"):  # present before anything happened
@@ -101,7 +102,7 @@ def test_record_webhook_counts_and_never_raises(client: Any, keys: Keys) -> None
             raise redis.ConnectionError("down")
 
     m.record_webhook(Broken(), keys, "delivered")  # swallowed
-    got = samples(m.render_cluster(snapshot(client, keys)))
+    got = samples(render_cluster(snapshot(client, keys)))
     deliveries = "predq_webhook_deliveries_total"
     assert got[(deliveries, (("outcome", "delivered"),))] == 1
     assert got[(deliveries, (("outcome", "retry"),))] == 1
@@ -110,7 +111,7 @@ def test_record_webhook_counts_and_never_raises(client: Any, keys: Keys) -> None
 
 
 def test_a_scrape_without_redis_still_renders() -> None:
-    got = samples(m.render_cluster(m.ClusterSnapshot(redis_up=False)))
+    got = samples(render_cluster(ClusterSnapshot(redis_up=False)))
     assert got[("predq_redis_up", ())] == 0
     assert got[("predq_jobs_finished_total", (("status", "succeeded"),))] == 0
 
