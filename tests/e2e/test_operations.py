@@ -1,7 +1,7 @@
 """Operations end to end: real uvicorn, real Celery workers, real Redis.
 
 - /readyz follows the workers' heartbeats (503 -> 200 -> 503 as a worker starts and stops);
-- /metrics moves after real traffic, for every metric family of docs/operations.md;
+- /metrics moves after real traffic, for every metric family of README.md (Operations);
 - on SIGTERM the API stops accepting connections but finishes the requests it holds.
 """
 

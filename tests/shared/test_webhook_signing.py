@@ -97,18 +97,18 @@ def test_settings_parse_comma_separated_secrets(monkeypatch: pytest.MonkeyPatch)
 
 
 async def test_the_verification_example_in_the_docs_works() -> None:
-    """docs/webhooks.md's receiver accepts our requests once, and refuses forgeries."""
+    """README.md's webhook receiver example accepts our requests once, refuses forgeries."""
     from pathlib import Path
 
     import httpx
 
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     code = doc.split("### Verifying a request", 1)[1].split("```python\n", 1)[1]
     code = code.split("```", 1)[0]
     secret = new_secret()
     handled: list[tuple[str, object]] = []
     namespace: dict[str, object] = {"handle": lambda t, d: handled.append((t, d))}
-    exec(compile(code.replace("whsec_...", secret), "docs/webhooks.md", "exec"), namespace)
+    exec(compile(code.replace("whsec_...", secret), "README.md", "exec"), namespace)
     body = payload("job.completed", time.time(), b'{"id":"j","outputs":[{"value":1.0}]}')
     h = headers([new_secret(), secret], webhook_id("j", "job.completed"), int(time.time()), body)
     transport = httpx.ASGITransport(app=namespace["app"])  # type: ignore[arg-type]
