@@ -119,7 +119,7 @@ def test_excess_connections_get_uvicorns_503(
     assert {r.status_code for r in answers} <= {200, 503}, [r.text for r in answers]
     refused = [r for r in answers if r.status_code == 503]
     assert refused, "no request was refused while the long poll held a connection"
-    # uvicorn answers before the app runs: plain text, not problem+json (see docs/security.md).
+    # uvicorn answers before the app runs: plain text, not problem+json (see README.md, Security).
     assert all(r.headers["content-type"].startswith("text/plain") for r in refused)
     assert held[-1].status_code == 200 and held[-1].json()["status"] == "queued"
     with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
