@@ -43,9 +43,11 @@ class AsyncJobs:
     async def submit(self, *, model: str, version: str, parsed: ParsedJob, owner: str,
                      idempotency_key: str | None, fingerprint_of: bytes,
                      job_id: str | None = None) -> tuple[str, bool, str]:
-        """Create and enqueue a job; returns (job_id, created, created_at). With an Idempotency-Key that was
-        seen before, returns the earlier job (created False), or raises JobConflict when the
-        earlier request's body differed."""
+        """Create and enqueue a job; returns (job_id, created, created_at).
+
+        With an Idempotency-Key seen before, returns the earlier job (created False), or
+        raises JobConflict when the earlier request's body differed. Raises QueueFull when
+        the model's queue holds more than ``queue_max_rows`` rows."""
         job_id = job_id or str(uuid.uuid4())
         created_at = now_iso()
         cancel_after = parsed.cancel_after
@@ -68,7 +70,8 @@ class AsyncJobs:
         reply = await self.scripts.submit(
             job_id=job_id, fields=fields,
             message=predict_message(job_id, model, version, parsed.n_rows, queue),
-            queue=queue, model=model, n_rows=parsed.n_rows, ttl=self.settings.result_ttl_s,
+            queue=queue, model=model, n_rows=parsed.n_rows,
+            ttl=max(self.settings.max_job_age_s, self.settings.result_ttl_s),
             idempotency_key=idem, fingerprint=fingerprint,
             max_queued_rows=self.settings.queue_max_rows,
         )
@@ -115,7 +118,7 @@ class AsyncJobs:
     async def cancel(self, job_id: str, owner: str | None) -> dict[str, Any]:
         """Cancel a queued or running job; JobConflict if it already ended."""
         job = await self.read(job_id, owner)
-        status = await self.scripts.cancel(job_id, job["model"])
+        status = await self.scripts.cancel(job_id, job["model"], self.settings.result_ttl_s)
         status = status.decode() if isinstance(status, bytes) else status
         if status == "":
             raise JobNotFound(f"no job {job_id!r}")

@@ -59,6 +59,10 @@ class Keys:
         """The highest sequence number a worker has claimed for one model (queue position)."""
         return f"{self.prefix}:claimed:{model}"
 
+    def queued(self) -> str:
+        """Sorted set of queued job ids (score: submit time), scanned by the reaper."""
+        return f"{self.prefix}:queued"
+
     def running(self) -> str:
         """Sorted set of running job ids (score: claim time), scanned by the reaper."""
         return f"{self.prefix}:running"

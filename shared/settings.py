@@ -91,7 +91,11 @@ class Settings(BaseSettings):
 
     # -- results -----------------------------------------------------------------------
     result_ttl_s: PositiveInt = Field(
-        86_400, description="Seconds a job record and its result are kept."
+        86_400, description="Seconds a finished job and its result are kept."
+    )
+    max_job_age_s: PositiveInt = Field(
+        7 * 86_400,
+        description="Safety net: an unfinished job's record is dropped after this long.",
     )
     sync_wait_s: PositiveFloat = Field(
         10.0, description="Default wait of POST /predict before it answers 202."
@@ -100,7 +104,8 @@ class Settings(BaseSettings):
 
     # -- reliability -----------------------------------------------------------------
     job_time_limit_s: PositiveFloat = Field(
-        300.0, description="Time limit of one predict call per model version; its jobs fail past it."
+        300.0,
+        description="Time limit of one predict call per model version; its jobs fail past it.",
     )
     max_deliveries: PositiveInt = Field(
         5, description="A job delivered this many times without finishing is failed (poison)."

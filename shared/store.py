@@ -25,9 +25,12 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED = (
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
 
-# KEYS: job, idempotency ("" for none), queue list, queued-rows counter, model seq, drain
-# ARGV: job_id, ttl, message, n_rows, fingerprint, max_queued_rows, oldest drain bucket,
-#       field1, value1, ...
+# KEYS: job, idempotency ("" for none), queue list, queued-rows counter, model seq, drain,
+#       queued index
+# ARGV: job_id, pending ttl, message, n_rows, fingerprint, max_queued_rows, oldest drain
+#       bucket, now_unix, field1, value1, ...
+# An unfinished job lives for the pending ttl (a safety net, PREDQ_MAX_JOB_AGE_S); the result
+# TTL starts when it ends. The idempotency key lives as long as its job.
 # Returns {job_id, fingerprint}: the new job's, or the one already created for that key; or
 # {'', 'full', queued_rows, rows_drained_in_window} when the model's queue is full.
 _SUBMIT = """
@@ -43,7 +46,9 @@ if queued > 0 and queued + tonumber(ARGV[4]) > tonumber(ARGV[6]) then
   local drained = 0
   local buckets = redis.call('HGETALL', KEYS[6])
   for i = 1, #buckets, 2 do
-    if tonumber(buckets[i]) >= tonumber(ARGV[7]) then drained = drained + tonumber(buckets[i + 1]) end
+    if tonumber(buckets[i]) >= tonumber(ARGV[7]) then
+      drained = drained + tonumber(buckets[i + 1])
+    end
   end
   return {'', 'full', tostring(queued), tostring(drained)}
 end
@@ -51,17 +56,19 @@ if KEYS[2] ~= '' then
   redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[2])
 end
 local fields = {'seq', redis.call('INCR', KEYS[5])}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+if KEYS[2] ~= '' then fields[3] = 'idem'; fields[4] = KEYS[2] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[3])
 redis.call('INCRBY', KEYS[4], ARGV[4])
+redis.call('ZADD', KEYS[7], ARGV[8], ARGV[1])
 return {ARGV[1], ARGV[5]}
 """
 
 # KEYS: the batch's job hashes.
-# ARGV: now_iso, now_unix, max_deliveries, channel, running set, then per job its model's
-#       queued-rows counter and claimed-seq key.
+# ARGV: now_iso, now_unix, max_deliveries, channel, running set, result ttl, queued index,
+#       then per job its model's queued-rows counter, claimed-seq key and row count.
 # For each job returns {code, inputs, webhook[, created_at]}: code is 'ok' (claimed; now
 # running; created_at gives the worker the queue wait for predq_queue_wait_seconds), or the
 # reason it is skipped: 'missing', a terminal status, 'expired' (deadline passed), 'poison'.
@@ -72,19 +79,27 @@ local function ended(key, status, err)
   redis.call('HSET', key, 'status', status, 'finished_at', ARGV[1], 'error', err)
   redis.call('HDEL', key, 'inputs')
   redis.call('ZREM', ARGV[5], id)
+  redis.call('EXPIRE', key, ARGV[6])
+  local ik = redis.call('HGET', key, 'idem')
+  if ik then redis.call('EXPIRE', ik, ARGV[6]) end
   redis.call('PUBLISH', ARGV[4], id)
 end
 for i, key in ipairs(KEYS) do
   local st = redis.call('HGET', key, 'status')
-  local qrows = ARGV[4 + 2 * i]
-  local claimed = ARGV[5 + 2 * i]
+  local qrows = ARGV[5 + 3 * i]
+  local claimed = ARGV[6 + 3 * i]
   if not st then
+    -- gone before it ran (only past PREDQ_MAX_JOB_AGE_S): its rows no longer wait
+    if tonumber(redis.call('DECRBY', qrows, ARGV[7 + 3 * i])) < 0 then
+      redis.call('SET', qrows, 0)
+    end
     out[i] = {'missing', '', ''}
   elseif st ~= 'queued' and st ~= 'running' then
     out[i] = {st, '', ''}
   else
     if st == 'queued' then
       redis.call('DECRBY', qrows, redis.call('HGET', key, 'n_inputs'))
+      redis.call('ZREM', ARGV[7], string.sub(key, string.find(key, ':job:', 1, true) + 5))
       local seq = tonumber(redis.call('HGET', key, 'seq') or '0')
       if seq > tonumber(redis.call('GET', claimed) or '0') then redis.call('SET', claimed, seq) end
     end
@@ -122,6 +137,8 @@ for i, key in ipairs(KEYS) do
     redis.call('HSET', key, 'status', ARGV[b + 1], 'finished_at', ARGV[1], ARGV[b + 2], ARGV[b + 3])
     redis.call('HDEL', key, 'inputs')
     redis.call('EXPIRE', key, ARGV[2])
+    local ik = redis.call('HGET', key, 'idem')
+    if ik then redis.call('EXPIRE', ik, ARGV[2]) end
     if ARGV[b + 4] ~= '' then redis.call('LPUSH', ARGV[b + 4], ARGV[b + 5]) end
     redis.call('PUBLISH', ARGV[3], string.sub(key, string.find(key, ':job:', 1, true) + 5))
     out[i] = 1
@@ -132,7 +149,8 @@ end
 return out
 """
 
-# KEYS: job hash, queued-rows counter, running set.  ARGV: now_iso, channel, job_id.
+# KEYS: job hash, queued-rows counter, running set, queued index.
+# ARGV: now_iso, channel, job_id, result ttl.
 # Returns 'cancelled' when this call cancelled it, 'ended:<status>' when it had already ended
 # (cancelled included), or '' when the job does not exist.
 _CANCEL = """
@@ -145,6 +163,10 @@ end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'inputs')
 redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[4], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local ik = redis.call('HGET', KEYS[1], 'idem')
+if ik then redis.call('EXPIRE', ik, ARGV[4]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 'cancelled'
 """
@@ -186,19 +208,22 @@ class Scripts:
                 flat += [k, v]
         return self._submit(
             keys=[self.keys.job(job_id), idempotency_key or "", queue,
-                  self.keys.queued_rows(model), self.keys.seq(model), self.keys.drain(model)],
+                  self.keys.queued_rows(model), self.keys.seq(model), self.keys.drain(model),
+                  self.keys.queued()],
             args=[job_id, ttl, message, n_rows, fingerprint, max_queued_rows,
-                  drain_bucket(time.time() - DRAIN_WINDOW_S), *flat],
+                  drain_bucket(time.time() - DRAIN_WINDOW_S), time.time(), *flat],
         )
 
-    def claim(self, job_ids: list[str], models: list[str], max_deliveries: int) -> Any:
-        per_job: list[str] = []
-        for m in models:
-            per_job += [self.keys.queued_rows(m), self.keys.claimed_seq(m)]
+    def claim(self, job_ids: list[str], models: list[str], max_deliveries: int,
+              n_rows: list[int], ttl: int) -> Any:
+        """Claim a batch's jobs (``ttl``: the result TTL of jobs that end right here)."""
+        per_job: list[Any] = []
+        for m, n in zip(models, n_rows, strict=True):
+            per_job += [self.keys.queued_rows(m), self.keys.claimed_seq(m), n]
         return self._claim(
             keys=[self.keys.job(j) for j in job_ids],
             args=[now_iso(), time.time(), max_deliveries, self.keys.done_channel(),
-                  self.keys.running(), *per_job],
+                  self.keys.running(), ttl, self.keys.queued(), *per_job],
         )
 
     def finish(self, results: list[tuple[str, str, str, bytes, str, bytes]], ttl: int,
@@ -213,10 +238,11 @@ class Scripts:
         return self._finish(keys=[self.keys.job(r[0]) for r in results], args=args,
                             client=client)
 
-    def cancel(self, job_id: str, model: str) -> Any:
+    def cancel(self, job_id: str, model: str, ttl: int) -> Any:
         return self._cancel(
-            keys=[self.keys.job(job_id), self.keys.queued_rows(model), self.keys.running()],
-            args=[now_iso(), self.keys.done_channel(), job_id],
+            keys=[self.keys.job(job_id), self.keys.queued_rows(model), self.keys.running(),
+                  self.keys.queued()],
+            args=[now_iso(), self.keys.done_channel(), job_id, ttl],
         )
 
 

@@ -86,6 +86,11 @@ def create_app(settings: Settings) -> Celery:
         broker_connection_max_retries=None,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
+            # Sweep for unacked messages of dead workers every few seconds (kombu's default
+            # is 10 s x throttle 10 = ~100 s, whatever the visibility timeout), so recovery
+            # takes about visibility_timeout_s, as documented.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 5)),
+            "unacked_restore_throttle": 1,
             "socket_keepalive": True,
             "health_check_interval": 10,
             **celery_transport_options(settings),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from celery import signals
@@ -71,6 +72,7 @@ class PredictBatches(Batches):
         self._slots = 1
         self._timer: Any = None
         self._tref: Any = None
+        self._suspects: OrderedDict[str, None] = OrderedDict()
 
     # -- pool side ----------------------------------------------------------------
     def run_batch(self, batch_id: str, requests: list[tuple[str, str, str, int]]
@@ -113,7 +115,16 @@ class PredictBatches(Batches):
 
         return task_message_handler
 
+    def _suspect(self, job_id: str) -> None:
+        """Remember a job whose batch lost its process: it runs alone from now on."""
+        self._suspects[job_id] = None
+        while len(self._suspects) > 10_000:
+            self._suspects.popitem(last=False)
+
     def _add(self, req: Any) -> None:
+        if req.id in self._suspects:  # it was in a batch whose process died: run it alone
+            self.flush([req])
+            return
         try:
             n_rows = int(req.args[3])
         except (IndexError, TypeError, ValueError):
@@ -211,16 +222,22 @@ class PredictBatches(Batches):
                 self._on_slot_free()
 
         def on_error(exc: Any) -> None:
-            # The pool process died (killed, OOM, hard time limit). Requeue every message of
-            # the batch: the job store counts deliveries, so a job that keeps killing its
-            # worker is failed after ``max_deliveries`` instead of looping.
+            # The pool process died (killed, OOM, hard time limit). A batch of several jobs is
+            # split: each job runs again alone, straight from the messages we still hold, so
+            # a job that kills its process cannot take the jobs merged beside it down with it.
+            # A job that dies alone is requeued; the job store counts deliveries, so one that
+            # keeps killing its worker is failed after ``max_deliveries`` instead of looping.
             try:
-                log.error("batch %s lost its pool process (%r); requeueing %d jobs",
-                          batch_id, exc, len(reqs))
+                log.error("batch %s lost its pool process (%r): %s %d jobs", batch_id, exc,
+                          "isolating" if len(reqs) > 1 else "requeueing", len(reqs))
                 for r in reqs:
-                    r.send_event("task-failed", exception=f"worker lost: {exc!r}",
-                                 traceback="")
-                    r.reject(requeue=True)
+                    self._suspect(r.id)
+                    if len(reqs) > 1:
+                        self.flush([r])
+                    else:
+                        r.send_event("task-failed", exception=f"worker lost: {exc!r}",
+                                     traceback="")
+                        r.reject(requeue=True)
             finally:
                 self._on_slot_free()
 

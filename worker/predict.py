@@ -96,7 +96,8 @@ class BatchPredictor:
         t0 = time.perf_counter()
         report = BatchReport(batch_id)
         claims = self.scripts.claim([r[0] for r in requests], [r[1] for r in requests],
-                                    self.settings.max_deliveries)
+                                    self.settings.max_deliveries, [r[3] for r in requests],
+                                    self.settings.result_ttl_s)
         claimed_at = time.time()
         groups: dict[tuple[str, str], list[Job]] = {}
         for (job_id, model, version, n_rows), claim in zip(requests, claims, strict=True):

@@ -26,37 +26,64 @@ log = logging.getLogger("predq.worker.reaper")
 BATCH = 500
 
 
+#: kombu's Redis transport keeps priority levels in sub-lists named ``<queue>\x06\x16<n>``.
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
 def reap(client: Any, keys: Keys, settings: Settings, now: float | None = None) -> list[str]:
-    """Redeliver stuck running jobs; returns their ids. Errors are logged, never raised."""
+    """Redeliver stuck jobs; returns their ids. Errors are logged, never raised.
+
+    - ``running`` for longer than ``stuck_after_s``: its worker died and the message did not
+      come back (kombu restores unacked messages after ``visibility_timeout_s`` first).
+    - ``queued`` for longer than ``stuck_after_s`` while its queue is empty: its message was
+      lost (popped by a consumer just as Redis went away, before kombu recorded it as
+      unacknowledged), so nothing would ever run it.
+    """
     now = time.time() if now is None else now
     try:
         if not client.set(keys.reaper_lock(), "1", nx=True,
                           ex=max(1, int(settings.reaper_interval_s))):
             return []
-        ids = [i.decode() for i in client.zrangebyscore(
-            keys.running(), "-inf", now - settings.stuck_after_s, start=0, num=BATCH)]
-        if not ids:
-            return []
-        with client.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hmget(keys.job(job_id), "status", "model", "version", "n_inputs", "queue")
-            rows = pipe.execute()
-        redelivered: list[str] = []
-        with client.pipeline(transaction=False) as pipe:
-            for job_id, (status, model, version, n, queue) in zip(ids, rows, strict=True):
-                if status != b"running" or not model:
-                    pipe.zrem(keys.running(), job_id)
-                    continue
-                q = (queue or settings.queue_for(model.decode()).encode()).decode()
-                pipe.lpush(q, predict_message(job_id, model.decode(), version.decode(),
-                                              int(n), q))
-                pipe.zadd(keys.running(), {job_id: now})
-                redelivered.append(job_id)
-            pipe.execute()
+        cutoff = now - settings.stuck_after_s
+        running = [i.decode() for i in client.zrangebyscore(
+            keys.running(), "-inf", cutoff, start=0, num=BATCH)]
+        queued = [i.decode() for i in client.zrangebyscore(
+            keys.queued(), "-inf", cutoff, start=0, num=BATCH)]
+        redelivered = _redeliver(client, keys, settings, running, "running", now)
+        redelivered += _redeliver(client, keys, settings, queued, "queued", now)
         if redelivered:
-            log.warning("reaper redelivered %d jobs stuck in running: %s", len(redelivered),
+            log.warning("reaper redelivered %d stuck jobs: %s", len(redelivered),
                         redelivered[:20])
         return redelivered
     except Exception as e:
         log.warning("reaper pass failed: %r", e)
         return []
+
+
+def _redeliver(client: Any, keys: Keys, settings: Settings, ids: list[str], status: str,
+               now: float) -> list[str]:
+    if not ids:
+        return []
+    index = keys.running() if status == "running" else keys.queued()
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(keys.job(job_id), "status", "model", "version", "n_inputs", "queue")
+        rows = pipe.execute()
+    backlog: dict[str, int] = {}
+    redelivered: list[str] = []
+    with client.pipeline(transaction=False) as pipe:
+        for job_id, (st, model, version, n, queue) in zip(ids, rows, strict=True):
+            if st != status.encode() or not model:
+                pipe.zrem(index, job_id)
+                continue
+            q = queue.decode() if queue else settings.queue_for(model.decode())
+            if status == "queued":
+                if q not in backlog:
+                    backlog[q] = sum(client.llen(q + s) for s in _PRIORITY_SUFFIXES)
+                if backlog[q]:  # it may still be waiting in line: not lost
+                    continue
+            pipe.lpush(q, predict_message(job_id, model.decode(), version.decode(), int(n), q))
+            pipe.zadd(index, {job_id: now})
+            redelivered.append(job_id)
+        pipe.execute()
+    return redelivered

@@ -25,7 +25,7 @@ import pytest
 from tests.helpers.killer import traced
 from tests.reliability.conftest import broker_state, diagnose, wait_until, xrows
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 DELAY_S = 2.0
 ENV = {"PREDQ_MAX_WAIT_MS": "1500", "PREDQ_VISIBILITY_TIMEOUT_S": "60"}

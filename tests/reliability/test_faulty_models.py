@@ -16,7 +16,7 @@ import pytest
 
 from tests.reliability.conftest import diagnose, irows, pool_pids, xrows
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 TIME_LIMIT_S = 2.0
 ENV = {

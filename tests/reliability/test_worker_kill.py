@@ -127,12 +127,6 @@ def test_sigkill_of_the_pool_process_mid_batch(rstack: Any, push: Any, redis_url
     print(f"pool kill: batch of {len(batch)} recovered in {took:.1f} s")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "product bug, reported to the lead: after a whole-worker SIGKILL the jobs it had "
-    "prefetched (still 'queued', message in kombu's 'unacked' hash) come back only when "
-    "kombu's restore sweep runs: every unacked_restore_interval x unacked_restore_throttle = "
-    "10 x 10 s by default (~100 s), whatever PREDQ_VISIBILITY_TIMEOUT_S says; worker/app.py "
-    "sets neither option, and worker/reaper.py re-publishes only 'running' jobs"))
 def test_sigkill_of_the_whole_worker_mid_batch(rstack: Any, push: Any, redis_url: str,
                                                settings_env: dict[str, str],
                                                tmp_path: Path) -> None:
@@ -178,11 +172,6 @@ def test_a_poison_job_is_failed_after_max_deliveries_instead_of_looping(
     assert api.get(poison)["status"] == "failed"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "product bug, reported to the lead: when a batch's pool process dies, "
-    "worker/batching.py on_error requeues every job of the batch and the CLAIM script counts a "
-    "delivery for each, so jobs merged with a poison job reach PREDQ_MAX_DELIVERIES and are "
-    "failed as PoisonJob with it (iris jobs included)"))
 def test_jobs_batched_with_a_poison_job_still_succeed(
         rstack: Any, push: Any, redis_url: str, settings_env: dict[str, str]) -> None:
     push("slow", "killer", delay=1.0)

@@ -104,7 +104,7 @@ def test_tampered_or_missing_artifact_fails_the_jobs_clearly(env_: dict[str, Any
 
 def test_cancelled_jobs_are_skipped_and_never_overwritten(env_: dict[str, Any]) -> None:
     req = submit(env_, "iris", iris_sample_rows(2), "c1")
-    assert env_["scripts"].cancel("c1", "iris") == b"cancelled"
+    assert env_["scripts"].cancel("c1", "iris", 60) == b"cancelled"
     report = env_["predictor"].run("b6", [req])
     assert report.outcomes["c1"][0] == "REVOKED"
     assert job(env_, "c1")["status"] == b"cancelled" and "outputs" not in job(env_, "c1")
