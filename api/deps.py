@@ -69,7 +69,7 @@ class AppState:
             raise ModelNotFound(f"no model {name!r}") from e
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.predq
     return state
 

@@ -193,6 +193,7 @@ class Scripts:
         self._submit = client.register_script(_SUBMIT)
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
+        self._finish_loaded = False
         self._cancel = client.register_script(_CANCEL)
 
     def submit(self, *, job_id: str, fields: dict[str, Any], message: bytes, queue: str,
@@ -235,8 +236,17 @@ class Scripts:
         args: list[Any] = [now_iso(), ttl, self.keys.done_channel(), self.keys.running()]
         for _, status, field, payload, wq, msg in results:
             args += [status, field, payload, wq, msg]
-        return self._finish(keys=[self.keys.job(r[0]) for r in results], args=args,
-                            client=client)
+        keys = [self.keys.job(r[0]) for r in results]
+        if client is not None and client is not self.client:
+            # In a pipeline, redis-py would first send SCRIPT EXISTS (one more round trip per
+            # batch): send EVALSHA directly once the script is known to be loaded. After a
+            # Redis restart it is not: the pipeline raises NoScriptError, and the caller
+            # retries with ``client=None`` (a plain call, which loads it again).
+            if not self._finish_loaded:
+                self.client.script_load(_FINISH)
+                self._finish_loaded = True
+            return client.evalsha(self._finish.sha, len(keys), *keys, *args)
+        return self._finish(keys=keys, args=args)
 
     def cancel(self, job_id: str, model: str, ttl: int) -> Any:
         return self._cancel(

@@ -50,6 +50,51 @@ def execute_batch(task: PredictBatches, batch_id: str,
         return {"retry": f"{type(e).__name__}: {e}"}
 
 
+def _announce(reqs: list[Any]) -> None:
+    """Send task-received for each request not announced yet.
+
+    Sent when a batch is dispatched rather than on arrival, so that Celery's event buffer
+    publishes a batch's events together (one ``task.multi`` message) instead of one per job.
+    """
+    for r in reqs:
+        if not getattr(r, "_predq_announced", False):
+            r._predq_announced = True
+            r.send_event("task-received", name=r.name, args=r.argsrepr, kwargs=r.kwargsrepr,
+                         root_id=r.root_id, parent_id=r.parent_id, retries=0, eta=None,
+                         expires=None)
+
+
+def ack_all(reqs: list[Any]) -> None:
+    """Acknowledge a batch's messages in one Redis round trip.
+
+    kombu's Redis QoS acks each message with its own pipeline (ZREM + HDEL); for a batch of
+    N jobs that is N round trips on the consumer's single thread. This removes all the batch's
+    delivery tags in one pipeline, then updates kombu's and Celery's local bookkeeping. Any
+    other transport, or anything unexpected, falls back to acking one by one.
+    """
+    pending = [r for r in reqs if not r.acknowledged]
+    if not pending:
+        return
+    try:
+        from kombu.transport import virtual
+        from kombu.transport.redis import QoS as RedisQoS
+
+        qos = pending[0].message.channel.qos
+        if not isinstance(qos, RedisQoS) or len(pending) == 1:
+            raise TypeError("not batchable")
+        tags = [r.message.delivery_tag for r in pending]
+        with qos.pipe_or_acquire() as pipe:
+            pipe.zrem(qos.unacked_index_key, *tags).hdel(qos.unacked_key, *tags).execute()
+        for r in pending:
+            virtual.QoS.ack(qos, r.message.delivery_tag)  # local state only
+            r.message._state = "ACK"
+            r.acknowledged = True
+    except Exception:
+        for r in pending:
+            if not r.acknowledged:
+                r.acknowledge()
+
+
 class PredictBatches(Batches):
     """Base class of the ``predq.predict`` task (see the module docstring)."""
 
@@ -108,9 +153,6 @@ class PredictBatches(Batches):
                           eventer=eventer, task=task, body=body, headers=headers,
                           decoded=decoded, utc=utc, connection_errors=connection_errors)
             signals.task_received.send(sender=consumer, request=req)
-            req.send_event("task-received", name=req.name, args=req.argsrepr,
-                           kwargs=req.kwargsrepr, root_id=req.root_id, parent_id=req.parent_id,
-                           retries=0, eta=None, expires=None)
             self._add(req)
 
         return task_message_handler
@@ -138,8 +180,11 @@ class PredictBatches(Batches):
             self._tref = self._timer.call_after(self.max_wait_s, self._on_timer)
 
     def _on_timer(self) -> None:
+        # max_wait_ms bounds how long a buffered job waits for a *free process*: handing a
+        # batch to a pool whose processes are all busy would only queue it there, cut in
+        # smaller slices. While the pool is busy, the next free slot flushes the buffer.
         self._tref = None
-        if self._reqs:
+        if self._reqs and self._inflight < self._slots:
             self._flush_now()
 
     def _flush_now(self) -> None:
@@ -187,6 +232,7 @@ class PredictBatches(Batches):
                    for r in reqs]
         self._inflight += 1
         t_start = [time.time()]
+        _announce(reqs)
 
         def on_accepted(pid: int, time_accepted: float) -> None:
             t_start[0] = time.time()
@@ -217,7 +263,7 @@ class PredictBatches(Batches):
                                      expired=error == "expired")
                     else:
                         r.send_event("task-failed", exception=str(error), traceback="")
-                    r.acknowledge()
+                ack_all(reqs)
             finally:
                 self._on_slot_free()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from redis.exceptions import NoScriptError
 
 from shared import codec
 from shared.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, RECENT_BATCHES
@@ -159,7 +160,11 @@ class BatchPredictor:
                     pipe.expire(keys.drain(model), 2 * DRAIN_WINDOW_S)
             if self.observer is not None:
                 self.observer.record(pipe, report, finished)
-            replies = pipe.execute()
+            try:
+                replies = pipe.execute()
+            except NoScriptError:  # Redis restarted since the script was loaded
+                self.scripts._finish_loaded = False
+                replies = [self.scripts.finish(finished, self.settings.result_ttl_s)]
         kept = replies[0] if finished else []
         discarded: list[str] = []
         for (job_id, status, *_), ok in zip(finished, kept, strict=True):
