@@ -3,7 +3,7 @@
 Every authenticated request counts against its API key's name (``Principal.name``); with
 auth disabled, against the client's IP address (the peer uvicorn sees; behind a proxy, the
 ``X-Forwarded-For`` address when the proxy is in uvicorn's ``FORWARDED_ALLOW_IPS``). The limit is
-``settings.rate_limit`` (``"6000/minute"``; several limits joined by ``;`` all apply; empty:
+``settings.rate_limit`` (``"100000/minute"``; several limits joined by ``;`` all apply; empty:
 none). Over it, the request gets ``429`` problem+json with ``Retry-After``: whole seconds
 until the window that refused it resets. The check runs inside the auth dependency, so a
 refused request never has its body read.

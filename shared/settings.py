@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     )
     auth_enabled: bool = Field(True, description="Require Authorization: Bearer keys.")
     rate_limit: str = Field(
-        "6000/minute", description="Requests per API key (per client IP without auth), in the "
+        "100000/minute", description="Requests per API key (per client IP without auth), in the "
         "limits library's syntax ('100/second;6000/minute'); empty: no limit. 429 beyond it."
     )
     log_json: bool = Field(False, description="Log one JSON object per line.")
