@@ -27,7 +27,7 @@ def test_every_setting_is_documented() -> None:
 
 
 def test_every_predq_command_in_the_readme_exists() -> None:
-    blocks = "\n".join(re.findall(r"```[a-z]*\n(.*?)```", README.read_text(), re.S))
+    blocks = "\n".join(re.findall(r"```(?:bash|sh|console)\n(.*?)```", README.read_text(), re.S))
     commands = set(re.findall(r"^\s*(?:\$ )?predq ([a-z]+)(?: ([a-z]+))?", blocks, re.M))
     assert commands
     for cmd, sub in commands:
