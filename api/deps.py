@@ -22,6 +22,7 @@ from shared.settings import Settings
 class Unauthorized(PredqError):
     status = 401
     title = "Unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="predq"'}  # RFC 6750
 
 
 class Forbidden(PredqError):

@@ -28,7 +28,9 @@ def problem(status: int, title: str, detail: str, *, errors: list[dict[str, Any]
 
 def _predq_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PredqError)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+    headers = dict(exc.headers)
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(exc.retry_after)
     if exc.status >= 500:
         log.error("server-side error: %s", exc, exc_info=exc)
     return problem(exc.status, exc.title, exc.detail, errors=exc.errors, headers=headers)

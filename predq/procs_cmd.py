@@ -74,13 +74,19 @@ def _uvicorn_log_level(level: str) -> str:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="uvicorn worker processes.")
-def api(host: str, port: int, workers: int) -> None:
+@click.option("--allow-unauthenticated", "allow_open", is_flag=True,
+              help="Allow PREDQ_AUTH_ENABLED=false on a non-loopback address.")
+def api(host: str, port: int, workers: int, allow_open: bool) -> None:
     """Run the HTTP API (uvicorn, api.app:create_app)."""
     import uvicorn
 
     from predq.ops import prepare_api_process
 
     settings = get_settings()
+    if not settings.auth_enabled and not _is_loopback(host) and not allow_open:
+        raise click.ClickException(
+            f"refusing to serve without authentication on {host}: PREDQ_AUTH_ENABLED=false "
+            "is for loopback only (pass --allow-unauthenticated to override)")
     prepare_api_process(settings, workers)
     uvicorn.run(
         "api.app:create_app",

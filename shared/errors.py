@@ -11,6 +11,8 @@ class PredqError(Exception):
     status = 400
     title = "Bad request"
     type_ = "about:blank"
+    #: Extra response headers (e.g. WWW-Authenticate on a 401).
+    headers: dict[str, str] = {}
 
     def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)

@@ -122,7 +122,9 @@ def test_jobs_belong_to_their_key(stack: Any, keys: dict[str, str]) -> None:
         assert c.get(f"/v1/jobs/{job_id}", headers=other).status_code == 404
         assert c.delete(f"/v1/jobs/{job_id}", headers=other).status_code == 404
         assert c.get(f"/v1/jobs/{job_id}", headers=s.admin_headers).status_code == 200
-        assert c.get(f"/v1/jobs/{job_id}").status_code == 401
+        anonymous = c.get(f"/v1/jobs/{job_id}")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
         bad = {"Authorization": "Bearer pq_nope"}
         assert c.get(f"/v1/jobs/{job_id}", headers=bad).status_code == 401
 
