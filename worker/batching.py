@@ -27,11 +27,9 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from celery import signals
-from celery.utils.imports import symbol_by_name
-from celery.worker.request import create_request_cls
-from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from celery_batches import Batches
+
+from worker.strategy import request_factory
 
 log = logging.getLogger("predq.worker.batching")
 
@@ -134,26 +132,11 @@ class PredictBatches(Batches):
         self._timer = consumer.timer
         if self.reap_interval_s > 0:
             consumer.timer.call_repeatedly(self.reap_interval_s, self.reap)
-        hostname = consumer.hostname
-        eventer = consumer.event_dispatcher
-        connection_errors = consumer.connection_errors
-        req_cls = create_request_cls(symbol_by_name(task.Request), task, consumer.pool,
-                                     hostname, eventer, app=app)
+        make_request = request_factory(task, app, consumer)
 
         def task_message_handler(message: Any, body: Any, ack: Any, reject: Any,
                                  callbacks: Any, **kw: Any) -> None:
-            if body is None and "args" not in message.payload:
-                body, headers, decoded, utc = (message.body, message.headers, False,
-                                               app.uses_utc_timezone())
-            elif "args" in message.payload:
-                body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
-            else:
-                body, headers, decoded, utc = proto1_to_proto2(message, body)
-            req = req_cls(message, on_ack=ack, on_reject=reject, app=app, hostname=hostname,
-                          eventer=eventer, task=task, body=body, headers=headers,
-                          decoded=decoded, utc=utc, connection_errors=connection_errors)
-            signals.task_received.send(sender=consumer, request=req)
-            self._add(req)
+            self._add(make_request(message, body, ack, reject))
 
         return task_message_handler
 

@@ -26,15 +26,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery, Task, signals
-from celery.utils.imports import symbol_by_name
-from celery.worker.request import create_request_cls
-from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 
 from shared.messages import WEBHOOK_TASK, webhook_message
 from shared.redis_conn import sync_client
 from shared.settings import Settings
 from shared.webhook_state import due_member, split_member
 from worker.delivery import LEASE_MARGIN_S, Deliverer
+from worker.strategy import request_factory
 
 log = logging.getLogger("predq.worker.webhooks")
 
@@ -129,25 +127,11 @@ class WebhookRunner:
         """The message handler of ``predq.webhook`` (see the module docstring)."""
         queues = app.amqp.queues
         self.start(pump=self.settings.webhook_queue in (queues.consume_from or queues))
-        hostname = consumer.hostname
-        eventer = consumer.event_dispatcher
-        connection_errors = consumer.connection_errors
-        req_cls = create_request_cls(symbol_by_name(task.Request), task, consumer.pool,
-                                     hostname, eventer, app=app)
+        make_request = request_factory(task, app, consumer)
 
         def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
                     **kw: Any) -> None:
-            if body is None and "args" not in message.payload:
-                body, headers, decoded, utc = (message.body, message.headers, False,
-                                               app.uses_utc_timezone())
-            elif "args" in message.payload:
-                body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
-            else:
-                body, headers, decoded, utc = proto1_to_proto2(message, body)
-            req = req_cls(message, on_ack=ack, on_reject=reject, app=app, hostname=hostname,
-                          eventer=eventer, task=task, body=body, headers=headers,
-                          decoded=decoded, utc=utc, connection_errors=connection_errors)
-            signals.task_received.send(sender=consumer, request=req)
+            req = make_request(message, body, ack, reject)
             req.send_event("task-received", name=req.name, args=req.argsrepr,
                            kwargs=req.kwargsrepr, root_id=req.root_id,
                            parent_id=req.parent_id, retries=0, eta=None, expires=None)
