@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         description="Prefork pool processes per worker (default: CPU count).",
     )
     model_cache_size: PositiveInt = Field(8, description="Models kept loaded per process.")
+    preload_models: bool = Field(
+        True, description="Load each served model's default version when a worker starts."
+    )
 
     # -- limits ----------------------------------------------------------------------
     max_rows_per_job: PositiveInt = Field(100_000, description="Most rows in one job.")

@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 
 from shared.keys import Keys
@@ -40,12 +40,38 @@ class _ProcessState:
         self.pid = -1
         self.predictor: BatchPredictor | None = None
         self.main_client: Any = None  # the consumer process's own client (the reaper)
+        self.cache: ModelCache | None = None
+
+    def preload(self, settings: Settings, queues: set[str] | None) -> None:
+        """Load the default version of every model this worker serves, in the main process
+        before the pool forks: the pool processes inherit them (copy-on-write, one load,
+        shared pages), so the first job after a start does not pay for the import and load.
+        Errors are logged; a model that cannot load fails its own jobs later, clearly."""
+        registry = Registry(settings.registry_root)
+        self.cache = ModelCache(registry, settings.model_cache_size)
+        try:
+            infos = registry.list_models()
+        except Exception as e:
+            log.warning("cannot list the registry to preload models: %s", e)
+            return
+        for info in infos[: settings.model_cache_size]:
+            if queues is not None and settings.queue_for(info.name) not in queues:
+                continue
+            try:
+                self.cache.get(info.name, info.default_version)
+                log.info("preloaded model %s v%s", info.name, info.default_version)
+            except Exception as e:
+                log.warning("could not preload model %s v%s: %s", info.name,
+                            info.default_version, e)
 
     def get(self, settings: Settings) -> BatchPredictor:
         if self.predictor is None or self.pid != os.getpid():
             client = sync_client(settings, health_check_interval=30,
                                  socket_keepalive=True, retry_on_timeout=True)
-            cache = ModelCache(Registry(settings.registry_root), settings.model_cache_size)
+            if self.cache is None:
+                self.cache = ModelCache(Registry(settings.registry_root),
+                                        settings.model_cache_size)
+            cache = self.cache
             keys = Keys(settings.key_prefix)
             self.predictor = BatchPredictor(Scripts(client, keys),
                                             settings, cache, webhook_for=webhook_for(settings),
@@ -124,6 +150,14 @@ def create_app(settings: Settings) -> Celery:
     @app.task(base=PredictTask, name=PREDICT_TASK, bind=True, acks_late=True)
     def predict(self: Any, requests: Any) -> None:  # pragma: no cover - never called directly
         raise RuntimeError("predq.predict runs through the batching strategy only")
+
+    if settings.preload_models:
+        def on_worker_init(sender: Any = None, **_: Any) -> None:
+            consume = getattr(getattr(app.amqp, "queues", None), "consume_from", None)
+            state.preload(settings, set(consume) if consume else None)
+
+        signals.celeryd_after_setup.connect(on_worker_init, weak=False,
+                                          dispatch_uid="predq.preload")
 
     register_webhook_task(app, settings)
     install_lifecycle(app, settings)

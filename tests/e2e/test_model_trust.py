@@ -114,10 +114,10 @@ def test_the_api_answers_404_to_paths_and_never_opens_them(
 def test_a_modified_artifact_fails_its_jobs_and_nothing_else(stack: Any,
                                                              registry_with_models: Registry
                                                              ) -> None:
-    s = stack()
     manifest = registry_with_models.resolve("iris", None)
     path = registry_with_models.artifact_path(manifest)
     path.write_bytes(path.read_bytes() + b"tampered")  # before any worker loaded it
+    s = stack()  # its preload refuses the file; the job's own load fails it clearly
     with httpx.Client(base_url=s.base_url, headers=s.headers, timeout=30) as c:
         job_id = c.post("/v1/models/iris/jobs", json={"inputs": iris_sample_rows(2)}).json()["id"]
         job = c.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()

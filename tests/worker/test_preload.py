@@ -1,0 +1,21 @@
+"""Workers load the models they serve before the pool forks (a fast first job)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_served_models_are_preloaded(registry_with_models: Any, start_worker: Any) -> None:
+    worker = start_worker(1)
+    log = worker.tail(200)
+    assert "preloaded model iris v1" in log
+    assert "preloaded model mixed v1" in log
+
+
+def test_preloading_can_be_turned_off(registry_with_models: Any, start_worker: Any) -> None:
+    worker = start_worker(1, extra_env={"PREDQ_PRELOAD_MODELS": "false"})
+    assert "preloaded model" not in worker.tail(200)
