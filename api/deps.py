@@ -12,22 +12,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.ratelimit import enforce as enforce_rate_limit
 from api.waiters import Waiters
 from shared.auth import ANONYMOUS, KeyRing, Principal
-from shared.errors import ModelNotFound, PredqError
+from shared.errors import Forbidden, ModelNotFound, PredqError, Unauthorized
 from shared.jobs import AsyncJobs, queue_position
 from shared.registry import Manifest, Registry
 from shared.schema import ModelSchema
 from shared.settings import Settings
-
-
-class Unauthorized(PredqError):
-    status = 401
-    title = "Unauthorized"
-    headers = {"WWW-Authenticate": 'Bearer realm="predq"'}  # RFC 6750
-
-
-class Forbidden(PredqError):
-    status = 403
-    title = "Forbidden"
 
 
 @dataclass

@@ -78,8 +78,8 @@ class JobError(BaseModel):
     message: str
 
 
-class Job(BaseModel):
-    """A job as GET /v1/jobs/{id} returns it (and webhooks carry in ``data``)."""
+class JobAccepted(BaseModel):
+    """The 202 answer to a submitted job."""
 
     id: str
     status: JobStatus
@@ -87,27 +87,22 @@ class Job(BaseModel):
     version: str
     n_inputs: int
     created_at: str
+    links: dict[str, str]
+
+
+class Job(JobAccepted):
+    """A job as GET /v1/jobs/{id} returns it (and webhooks carry in ``data``)."""
+
     started_at: str | None
     finished_at: str | None
     expires_at: str | None
     error: JobError | None
     metadata: dict[str, Any] | None
-    links: dict[str, str]
     outputs: list[dict[str, Any]] | None = Field(
         None, description="One entry per input row, in input order (when succeeded).")
     webhook: WebhookView | None = None
     queue_position: int | None = None
     eta_seconds: float | None = None
-
-
-class JobAccepted(BaseModel):
-    id: str
-    status: JobStatus
-    model: str
-    version: str
-    n_inputs: int
-    created_at: str
-    links: dict[str, str]
 
 
 class PredictResult(BaseModel):

@@ -20,6 +20,27 @@ class PredqError(Exception):
         self.errors = errors or []
 
 
+class MalformedJson(PredqError):
+    status = 400
+    title = "Malformed JSON"
+
+
+class Unauthorized(PredqError):
+    status = 401
+    title = "Unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="predq"'}  # RFC 6750
+
+
+class Forbidden(PredqError):
+    status = 403
+    title = "Forbidden"
+
+
+class UnsupportedMediaType(PredqError):
+    status = 415
+    title = "Unsupported media type"
+
+
 class ModelNotFound(PredqError):
     status = 404
     title = "Model not found"

@@ -333,3 +333,31 @@ def start_api(processes: Processes, env: dict[str, str], tmp_path: Path) -> Call
         return base_url
 
     return start
+
+
+# -- API keys -------------------------------------------------------------------------------
+
+
+def configure_keys(target_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+                   ) -> dict[str, str]:
+    """Configure API keys (as hashes only) in ``target_env`` and this process; returns the
+    plaintext keys: ``user`` and ``other`` (jobs and models scopes) and ``admin``."""
+    import orjson
+
+    from shared.auth import key_spec, new_key
+
+    plain = {"user": new_key(), "other": new_key(), "admin": new_key()}
+    user_scopes = ("jobs:write", "jobs:read", "models:read")
+    specs = [key_spec("user", plain["user"], user_scopes),
+             key_spec("other", plain["other"], user_scopes),
+             key_spec("admin", plain["admin"], ("admin",))]
+    value = orjson.dumps([spec.model_dump() for spec in specs]).decode()
+    target_env["PREDQ_API_KEYS"] = value
+    monkeypatch.setenv("PREDQ_API_KEYS", value)
+    return plain
+
+
+@pytest.fixture
+def keys(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """API keys configured for the test's processes (see :func:`configure_keys`)."""
+    return configure_keys(env, monkeypatch)

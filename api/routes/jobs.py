@@ -16,7 +16,12 @@ from api.bodycheck import check_json_depth
 from api.deps import AppState, JobsRead, JobsWrite, ModelsRead, StateDep, owner_filter
 from api.render import job_json, job_links, json_response
 from api.schemas import BatchStats, Job, JobAccepted, PredictResult, Problem
-from shared.errors import InvalidInput, PayloadTooLarge, PredqError
+from shared.errors import (
+    InvalidInput,
+    MalformedJson,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from shared.jobs import is_terminal
 from shared.schema import ParsedJob, is_json_error
 
@@ -36,16 +41,6 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {
 WaitQuery = Annotated[float | None, Query(ge=0, description="Seconds to hold the request.")]
 IdemHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255,
                                           pattern=r"^[\x21-\x7e]+$")]
-
-
-class UnsupportedMediaType(PredqError):
-    status = 415
-    title = "Unsupported media type"
-
-
-class MalformedJson(PredqError):
-    status = 400
-    title = "Malformed JSON"
 
 
 async def _read_body(request: Request, state: AppState) -> bytes:

@@ -6,10 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pytest
-
-from shared.auth import key_spec, new_key
 
 
 @dataclass
@@ -18,19 +15,6 @@ class Stack:
     headers: dict[str, str]
     admin_headers: dict[str, str]
     workers: list[Any]
-
-
-@pytest.fixture
-def keys(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """API keys configured (as hashes) for the test's processes: user, other, admin."""
-    plain = {"user": new_key(), "other": new_key(), "admin": new_key()}
-    specs = [key_spec("user", plain["user"], ("jobs:write", "jobs:read", "models:read")),
-             key_spec("other", plain["other"], ("jobs:write", "jobs:read", "models:read")),
-             key_spec("admin", plain["admin"], ("admin",))]
-    value = orjson.dumps([s.model_dump() for s in specs]).decode()
-    env["PREDQ_API_KEYS"] = value
-    monkeypatch.setenv("PREDQ_API_KEYS", value)
-    return plain
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""The fuzz tests run against the same stack as the end-to-end tests (``keys``, ``stack``)."""
+"""The fuzz tests run against the same stack as the end-to-end tests (``stack``; ``keys``
+comes from tests/conftest.py)."""
 
-from tests.e2e.conftest import Stack, keys, stack
+from tests.e2e.conftest import Stack, stack
 
-__all__ = ["Stack", "keys", "stack"]
+__all__ = ["Stack", "stack"]

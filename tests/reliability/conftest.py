@@ -40,25 +40,12 @@ import redis
 
 from predq.demo import iris_sample_rows
 from predq.procs import child_pids
-from shared.auth import key_spec, new_key
 
 #: Statuses after which a job never changes again.
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
 
 
 # -- API keys and models ------------------------------------------------------------------
-
-
-@pytest.fixture
-def keys(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """API keys configured (as hashes) for the test's processes: user and admin."""
-    plain = {"user": new_key(), "admin": new_key()}
-    specs = [key_spec("user", plain["user"], ("jobs:write", "jobs:read", "models:read")),
-             key_spec("admin", plain["admin"], ("admin",))]
-    value = orjson.dumps([s.model_dump() for s in specs]).decode()
-    env["PREDQ_API_KEYS"] = value
-    monkeypatch.setenv("PREDQ_API_KEYS", value)
-    return plain
 
 
 @pytest.fixture

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
-from shared.auth import key_spec, new_key
+from tests.conftest import configure_keys
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,10 +102,4 @@ def receiver(webhook_env: dict[str, str], tmp_path: Path) -> Iterator[ReceiverPr
 
 @pytest.fixture
 def keys(webhook_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    plain = {"user": new_key(), "admin": new_key()}
-    specs = [key_spec("user", plain["user"], ("jobs:write", "jobs:read", "models:read")),
-             key_spec("admin", plain["admin"], ("admin",))]
-    value = orjson.dumps([s.model_dump() for s in specs]).decode()
-    webhook_env["PREDQ_API_KEYS"] = value
-    monkeypatch.setenv("PREDQ_API_KEYS", value)
-    return plain
+    return configure_keys(webhook_env, monkeypatch)
