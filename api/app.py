@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import observability, openapi, problems, ratelimit
+from api import docs, observability, openapi, problems, ratelimit
 from api.deps import AppState
 from api.routes import health, jobs, models, webhooks
 from api.waiters import Waiters
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="predq", version="1.0", description=DESCRIPTION, lifespan=lifespan,
         responses={500: {"description": "Unexpected error (logged)"}},
+        docs_url=None, redoc_url=None,  # api.docs serves them without a CDN
     )
     app.state.predq_startup_hooks = []
     problems.install(app)
@@ -68,4 +69,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     webhooks.install(app)
     observability.install(app, settings)
     openapi.install(app)
+    docs.install(app)
     return app

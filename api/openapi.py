@@ -2,7 +2,9 @@
 
 The generic routes take ``{name}``; for each registered model (its default version) this adds
 the concrete paths ``/v1/models/<name>/jobs`` and ``/predict`` whose bodies are that model's
-pydantic schema, so Swagger at /docs shows (and can send) real rows.
+pydantic schema, so Swagger at /docs shows (and can send) real rows: each body's example is
+:func:`shared.schema.example_row` (values recorded at push from the ``--sample`` file), which
+the API accepts, and ``/predict``'s 200 answer is that model's output schema, with an example.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.deps import AppState
 from api.errordocs import document_errors
-from shared.schema import WebhookSpec
+from shared.schema import WebhookSpec, example_row
 
 log = logging.getLogger("predq.api")
 _REF = "#/components/schemas/{model}"
@@ -61,6 +63,8 @@ def install(app: FastAPI) -> None:
         components.update(defs.get("$defs", {}))
         for m in manifests:
             _add_model_paths(doc, state.schema_for(m))  # type: ignore[union-attr]
+        if manifests:
+            _add_generic_examples(doc, state.schema_for(manifests[0]))  # type: ignore[union-attr]
         document_errors(doc)  # problem+json everywhere; 401/403/429/404 where they happen
         cache.update(key=key, doc=doc)
         return doc
@@ -81,5 +85,62 @@ def _add_model_paths(doc: dict[str, Any], schema: Any) -> None:
         op["tags"] = [f"model: {name}"]
         op["parameters"] = [p for p in op.get("parameters", []) if p.get("name") != "name"]
         op["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": {"$ref": _REF.format(model=body_model.__name__)}}}}
+            "schema": {"$ref": _REF.format(model=body_model.__name__)},
+            "example": {"inputs": [example_row(schema.manifest)]}}}}
+        if suffix == "predict":
+            result = f"{schema.output_model.__name__[:-len('_Output')]}_PredictResult"
+            doc["components"]["schemas"][result] = _predict_result_schema(schema)
+            op["responses"]["200"] = {"description": f"The outputs of {name}, one per row",
+                                      "content": {"application/json": {
+                                          "schema": {"$ref": _REF.format(model=result)},
+                                          "example": _predict_result_example(schema)}}}
         paths[f"/v1/models/{name}/{suffix}"] = {"post": op}
+
+
+def _predict_result_schema(schema: Any) -> dict[str, Any]:
+    """``/predict``'s 200 body for one model: its outputs are that model's output rows."""
+    m = schema.manifest
+    return {"type": "object", "title": f"{m.name} v{m.version} prediction",
+            "required": ["outputs", "model", "version", "job_id"], "properties": {
+                "outputs": {"type": "array", "description": "One per input row, in order.",
+                            "items": {"$ref": _REF.format(model=schema.output_model.__name__)}},
+                "model": {"type": "string", "const": m.name},
+                "version": {"type": "string"},
+                "job_id": {"type": "string", "format": "uuid"},
+            }}
+
+
+def _output_example(schema: Any) -> dict[str, Any]:
+    m = schema.manifest
+    if m.task == "regression":
+        return {"value": 0.0}
+    classes = list(m.classes or ["label"])
+    out: dict[str, Any] = {"label": classes[0]}
+    if m.has_predict_proba:
+        out["probabilities"] = {str(c): (1.0 if i == 0 else 0.0) for i, c in enumerate(classes)}
+    return out
+
+
+def _predict_result_example(schema: Any) -> dict[str, Any]:
+    m = schema.manifest
+    return {"outputs": [_output_example(schema)], "model": m.name, "version": m.version,
+            "job_id": "0b7e6a2c-3f4d-4c1e-9a8b-5d6f7e8a9b0c"}
+
+
+def _add_generic_examples(doc: dict[str, Any], schema: Any) -> None:
+    """Examples for the ``{name}`` routes, from one registered model (rather than Swagger's
+    ``{"additionalProp1": {}}``); the per-model paths have their own."""
+    paths = doc["paths"]
+    for suffix in ("jobs", "predict"):
+        op = paths.get(f"/v1/models/{{name}}/{suffix}", {}).get("post")
+        if op is None:
+            continue
+        for param in op.get("parameters", []):
+            if param.get("name") == "name" and param.get("in") == "path":
+                param["example"] = schema.manifest.name
+        content = op.get("requestBody", {}).get("content", {}).get("application/json")
+        if content is not None:
+            content["example"] = {"inputs": [example_row(schema.manifest)]}
+        ok = op.get("responses", {}).get("200", {}).get("content", {}).get("application/json")
+        if suffix == "predict" and ok is not None:
+            ok["example"] = _predict_result_example(schema)

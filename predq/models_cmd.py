@@ -45,6 +45,12 @@ def models() -> None:
     help="CSV of example rows; its column types become the input schema.",
 )
 @click.option(
+    "--drop-bad-sample-rows",
+    is_flag=True,
+    help="Drop the sample rows whose values contradict the model (e.g. 'abc' in a column of "
+    "numbers) instead of refusing the push.",
+)
+@click.option(
     "--accepts-missing/--no-accepts-missing",
     default=None,
     help="Whether inputs may omit features (default: the estimator's allow_nan tag).",
@@ -67,6 +73,7 @@ def push(
     version: str | None,
     aliases: tuple[str, ...],
     sample: Path | None,
+    drop_bad_sample_rows: bool,
     accepts_missing: bool | None,
     fmt: str | None,
     trusted_types: tuple[str, ...],
@@ -82,6 +89,8 @@ def push(
             accepts_missing=accepts_missing,
             fmt=fmt,
             trusted_types=list(trusted_types) or None,
+            drop_bad_sample_rows=drop_bad_sample_rows,
+            note=lambda text: click.echo(f"predq models push: {text}", err=True),
         )
     alias_note = f" (aliases: {', '.join(aliases)})" if aliases else ""
     click.echo(f"Registered {manifest.name} version {manifest.version}{alias_note}")

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import math
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -268,28 +269,50 @@ def _register_demo(settings: Settings) -> None:
     ensure_demo(Registry(settings.registry_root))
 
 
+#: The Flower user ``predq up`` makes when PREDQ_FLOWER_BASIC_AUTH is not set.
+UP_FLOWER_USER = "predq"
+
+
 def _start_children(
     sup: Supervisor, host: str, port: int, flower_port: int, settings: Settings
-) -> str:
-    """Start api, worker and flower; return the address Flower listens on."""
+) -> tuple[str, str | None]:
+    """Start api, worker and flower; return the address Flower listens on, and the
+    ``user:password`` made for it (None when PREDQ_FLOWER_BASIC_AUTH gives one).
+
+    Flower always gets a password under ``predq up``, so its UI and its HTTP API (which
+    Flower answers 401 without one) use the same credentials. Opening the API without a
+    password (FLOWER_UNAUTHENTICATED_API) would let any web page the user visits read the
+    tasks and shut the workers down, as Flower then allows cross-origin requests.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     predq = [sys.executable, "-m", "predq"]
     flower_address = host
-    if not _is_loopback(host) and not settings.flower_basic_auth:
-        flower_address = "127.0.0.1"
-        click.echo("predq up: Flower stays on 127.0.0.1 (set PREDQ_FLOWER_BASIC_AUTH to expose "
-                   "it)", err=True)
+    made: str | None = None
+    flower_env = env
+    if not settings.flower_basic_auth:
+        made = f"{UP_FLOWER_USER}:{secrets.token_urlsafe(12)}"
+        flower_env = {**env, "PREDQ_FLOWER_BASIC_AUTH": made}
+        if not _is_loopback(host):
+            flower_address = "127.0.0.1"
+            click.echo("predq up: Flower stays on 127.0.0.1 (set PREDQ_FLOWER_BASIC_AUTH to "
+                       "expose it)", err=True)
     sup.start("api", [*predq, "api", "--host", host, "--port", str(port)], env=env,
               prefix="api   ")
     sup.start("worker", [*predq, "worker"], env=env, prefix="worker")
     sup.start("flower", [*predq, "flower", "--port", str(flower_port),
-                         "--address", flower_address], env=env, prefix="flower")
-    return flower_address
+                         "--address", flower_address], env=flower_env, prefix="flower")
+    return flower_address, made
 
 
 def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None,
-                  api_key: str | None = None) -> None:
+                  api_key: str | None = None, flower_auth: str | None = None) -> None:
     curl = demo_curl(base_url, api_key)
+    flower_login = (
+        f"  Flower login  {flower_auth}  (user:password of its UI and HTTP API, for this run;\n"
+        "          set PREDQ_FLOWER_BASIC_AUTH=user:password to choose them)\n"
+        if flower_auth else
+        "  Flower login  PREDQ_FLOWER_BASIC_AUTH (its UI and HTTP API)\n"
+    )
     key_line = (f"  Key     {api_key}\n"
                 "          (a development key with every scope, for this run only; set\n"
                 "          PREDQ_API_KEYS to use your own: see `predq keys create`)\n"
@@ -305,6 +328,7 @@ def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None,
         f"  API     {base_url}\n"
         f"  Docs    {base_url}/docs\n"
         f"  Flower  {flower_url}\n"
+        f"{flower_login}"
         f"  Redis   {redis_line}\n"
         f"{key_line}"
         "\n"
@@ -376,11 +400,12 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
             settings = get_settings()
             if not no_demo:
                 _register_demo(settings)
-            flower_address = _start_children(sup, host, port, flower_port, settings)
+            flower_address, flower_auth = _start_children(sup, host, port, flower_port,
+                                                          settings)
             base_url = f"http://{_url_host(host)}:{port}"
             flower_url = f"http://{_url_host(flower_address)}:{flower_port}"
             _wait_ready(sup, base_url, flower_url)
-            _print_banner(base_url, flower_url, redis, api_key)
+            _print_banner(base_url, flower_url, redis, api_key, flower_auth)
             _supervise(sup, redis)
         except (KeyboardInterrupt, _StopRequested):
             click.echo("\npredq up: stopping...", err=True)

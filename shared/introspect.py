@@ -10,7 +10,7 @@ it imports sklearn, numpy and pandas.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -42,33 +42,47 @@ _LIBRARIES = {
 
 
 def infer_manifest_fields(
-    estimator: Any, *, sample: pd.DataFrame | None, accepts_missing: bool | None
+    estimator: Any,
+    *,
+    sample: pd.DataFrame | None,
+    accepts_missing: bool | None,
+    drop_bad_sample_rows: bool = False,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The model-dependent manifest fields of a fitted ``estimator``.
 
     Keys: task, estimator, features (:class:`Feature`), named_features, classes,
     has_predict_proba, accepts_missing, library_versions. ``sample`` (e.g. a CSV of training
-    rows) gives the types of columns no encoder describes; ``accepts_missing`` overrides the
-    estimator's ``allow_nan`` tag. Raises :class:`UnsupportedModel` for an estimator predq
-    cannot serve, and :class:`RegistryError` when ``sample`` lacks a feature.
+    rows) gives the types of columns no encoder describes, and each feature's ``example``
+    (a real value of the sample: the median, or the most frequent category); ``accepts_missing``
+    overrides the estimator's ``allow_nan`` tag. Raises :class:`UnsupportedModel` for an
+    estimator predq cannot serve, and :class:`RegistryError` when ``sample`` lacks a feature
+    or contradicts the model (see :func:`_check_sample`; ``drop_bad_sample_rows`` drops the
+    offending rows instead, and tells ``note``).
     """
     task = _task(estimator)
     names, named = _feature_names(estimator)
     if accepts_missing is None:
         accepts_missing = _allow_nan(estimator)
-    types = _sample_types(sample, names, named)
     encoded = dict(_encoded_columns(estimator, names))
+    columns = _sample_columns(sample, names, named)
+    if columns is not None:
+        columns = _check_sample(columns, encoded, drop_bad_sample_rows, note)
+        _check_predicts(estimator, columns, named, note)
+    types = {n: _dtype_type(s.dtype) for n, s in (columns or {}).items()}
     features = []
     for name in names:
         categories, allow_unknown = encoded.get(name, (None, True))
         type_ = _categories_type(categories) if categories is not None else types.get(name)
+        type_ = type_ or "number"
         features.append(
             Feature(
                 name=name,
-                type=type_ or "number",
+                type=type_,
                 required=not accepts_missing,
                 categories=categories,
                 allow_unknown=allow_unknown,
+                example=_example(columns.get(name) if columns else None, type_, categories),
             )
         )
     classes = None
@@ -233,25 +247,122 @@ def _column_names(columns: Any, names: list[str]) -> list[str] | None:
     return out
 
 
-def _sample_types(
+def _sample_columns(
     sample: pd.DataFrame | None, names: list[str], named: bool
-) -> dict[str, FeatureType]:
-    """Feature types from the sample's dtypes (by name, or by position for unnamed models)."""
+) -> dict[str, pd.Series] | None:
+    """The sample's column of each feature (by name, or by position for unnamed models)."""
     if sample is None:
-        return {}
+        return None
     if named:
         missing = [n for n in names if n not in sample.columns]
         if missing:
             raise RegistryError(f"the sample CSV lacks the model's columns {missing}")
-        dtypes = {n: sample[n].dtype for n in names}
-    else:
-        if len(sample.columns) != len(names):
-            raise RegistryError(
-                f"the model takes {len(names)} unnamed features, "
-                f"the sample CSV has {len(sample.columns)} columns"
-            )
-        dtypes = {n: sample.iloc[:, i].dtype for i, n in enumerate(names)}
-    return {n: _dtype_type(d) for n, d in dtypes.items()}
+        return {n: sample[n] for n in names}
+    if len(sample.columns) != len(names):
+        raise RegistryError(
+            f"the model takes {len(names)} unnamed features, "
+            f"the sample CSV has {len(sample.columns)} columns"
+        )
+    return {n: sample.iloc[:, i] for i, n in enumerate(names)}
+
+
+#: How many offending rows a push message lists per column.
+_MAX_LISTED_ROWS = 10
+
+
+def _check_sample(
+    columns: dict[str, pd.Series],
+    encoded: dict[str, tuple[list[Any], bool]],
+    drop_bad_rows: bool,
+    note: Callable[[str], None] | None,
+) -> dict[str, pd.Series]:
+    """Refuse a sample whose dtypes contradict what the fitted model can take.
+
+    A column no encoder receives goes to numeric transformers or the estimator itself, so a
+    column of numbers with a few non-numbers (``abc`` in an integer column) is a dirty sample,
+    not a string feature: typed ``string`` from it, the API would refuse ``3``, accept ``"3"``
+    and ``"abc"``, and the model would fail on them. Raises :class:`RegistryError` naming each
+    such column and its rows (CSV line numbers); with ``drop_bad_rows`` those rows are dropped
+    and the columns typed from the rest.
+    """
+    bad_rows: dict[str, pd.Series] = {}
+    for name, col in columns.items():
+        if name in encoded or not (pd.api.types.is_object_dtype(col.dtype)
+                                   or pd.api.types.is_string_dtype(col.dtype)):
+            continue
+        present = col.notna()
+        numeric = pd.to_numeric(col, errors="coerce")
+        bad = present & numeric.isna()
+        if bad.any() and (present & ~bad).any():
+            bad_rows[name] = bad
+    if not bad_rows:
+        return columns
+    problems = []
+    for name, bad in bad_rows.items():
+        positions = [i for i, b in enumerate(bad.to_numpy()) if b]
+        shown = ", ".join(f"line {i + 2} ({columns[name].iloc[i]!r})"
+                          for i in positions[:_MAX_LISTED_ROWS])
+        more = f" and {len(positions) - _MAX_LISTED_ROWS} more" if len(
+            positions) > _MAX_LISTED_ROWS else ""
+        problems.append(f"column {name!r} holds numbers except at {shown}{more}")
+    what = "; ".join(problems)
+    if not drop_bad_rows:
+        raise RegistryError(
+            f"the sample CSV contradicts the model: {what}. The model takes numbers there "
+            "(no encoder receives these columns), so typing them as strings would make the API "
+            "accept rows the model cannot predict on. Fix the sample, or pass "
+            "--drop-bad-sample-rows to drop those rows and type the columns from the rest."
+        )
+    keep = ~np.logical_or.reduce([b.to_numpy() for b in bad_rows.values()])
+    out = {n: c[keep].reset_index(drop=True) for n, c in columns.items()}
+    for name in bad_rows:
+        out[name] = pd.to_numeric(out[name])
+    if note is not None:
+        note(f"dropped {int((~keep).sum())} of {len(keep)} sample rows: {what}")
+    return out
+
+
+def _check_predicts(estimator: Any, columns: dict[str, pd.Series], named: bool,
+                    note: Callable[[str], None] | None) -> None:
+    """Tell ``note`` when the model cannot predict on the sample's first rows."""
+    if note is None or not columns:
+        return
+    frame = pd.DataFrame({n: c.head(5).reset_index(drop=True) for n, c in columns.items()})
+    frame = frame.dropna()
+    if frame.empty:
+        return
+    try:
+        estimator.predict(frame if named else frame.to_numpy())
+    except Exception as e:
+        note(f"warning: the model could not predict on the sample's first rows "
+             f"({type(e).__name__}: {str(e)[:300]}); check the sample's column types")
+
+
+def _example(col: pd.Series | None, type_: FeatureType, categories: list[Any] | None) -> Any:
+    """A real value of the feature for documentation: the sample's median or most frequent
+    value (a category the encoder knows, for an encoded column), or None."""
+    if categories is not None:
+        if col is not None:
+            counts = col.dropna().map(_plain).value_counts()
+            for value in counts.index:
+                if value in categories:
+                    return value
+        return categories[0] if categories else None
+    if col is None:
+        return None
+    values = col.dropna()
+    if values.empty:
+        return None
+    if type_ in ("number", "integer"):
+        ordered = np.sort(values.to_numpy())
+        value = _plain(ordered[(len(ordered) - 1) // 2])
+        if type_ == "integer":
+            return int(value)
+        return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
+    value = _plain(values.value_counts().index[0])
+    if type_ == "boolean":
+        return bool(value)
+    return str(value)[:256]
 
 
 def _dtype_type(dtype: Any) -> FeatureType:

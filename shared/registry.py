@@ -61,6 +61,9 @@ class Feature(BaseModel):
     required: bool
     categories: list[Scalar] | None = None
     allow_unknown: bool = True
+    #: A real value for the API's examples (the sample's median or most frequent value, or a
+    #: known category), recorded at push; None when there was nothing to take it from.
+    example: Scalar | None = None
 
 
 class Manifest(BaseModel):
@@ -241,6 +244,8 @@ class Registry:
         accepts_missing: bool | None = None,
         fmt: str | None = None,
         trusted_types: list[str] | None = None,
+        drop_bad_sample_rows: bool = False,
+        note: Callable[[str], None] | None = None,
     ) -> Manifest:
         """Register the estimator in ``artifact`` as a new version of ``name``.
 
@@ -248,6 +253,8 @@ class Registry:
         inferred, and the artifact stored as ``model.joblib`` (re-dumped uncompressed, so
         workers can memory-map it) or ``model.skops`` (copied). The version is the next
         integer unless given; an existing version is never overwritten (:class:`RegistryError`).
+        A sample that contradicts the model is refused unless ``drop_bad_sample_rows``; what
+        push had to drop or warn about goes to ``note``.
         """
         # Lazy: these import sklearn, numpy and joblib, which the API must never load.
         from shared.introspect import infer_manifest_fields, read_sample_csv
@@ -271,7 +278,8 @@ class Registry:
             artifact, fmt=fmt, expected_sha256=None, trusted_types=trusted_types, mmap=False
         )
         sample = read_sample_csv(sample_csv) if sample_csv is not None else None
-        fields = infer_manifest_fields(estimator, sample=sample, accepts_missing=accepts_missing)
+        fields = infer_manifest_fields(estimator, sample=sample, accepts_missing=accepts_missing,
+                                       drop_bad_sample_rows=drop_bad_sample_rows, note=note)
 
         model_dir = self.root / name
         try:

@@ -15,6 +15,7 @@ import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -68,12 +69,26 @@ def _one_of(allowed: frozenset[Any]) -> Any:
     return AfterValidator(check)
 
 
+def _integral(value: Any) -> Any:
+    """``3.0`` -> ``3``: pandas and JavaScript clients send integers as integral floats. Any
+    other value is left for the strict ``int`` check (``3.5``, ``"3"`` and ``true`` fail)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer feature's strict type, integral floats included.
+_INTEGRAL = BeforeValidator(_integral)
+
+
 def _feature_type(feature: Feature, accepts_missing: bool, max_string: int) -> Any:
     """The strict pydantic type of one feature's value."""
     base: Any
     if feature.categories is not None and not feature.allow_unknown:
         if len(feature.categories) <= _MAX_LITERAL:
             base = Literal[tuple(feature.categories)]  # type: ignore[valid-type]
+            if feature.type == "integer":
+                base = Annotated[base, _INTEGRAL]
         else:
             scalar = str if feature.type == "string" else float
             base = Annotated[scalar, Field(strict=True), _one_of(frozenset(feature.categories))]
@@ -81,7 +96,8 @@ def _feature_type(feature: Feature, accepts_missing: bool, max_string: int) -> A
         base = Annotated[str, StringConstraints(strict=True, max_length=max_string)]
     elif feature.type == "integer":
         # The codec stores integers as int64: a bigger one must be a 422, not an OverflowError.
-        base = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+        # Integral floats (3.0) are accepted as integers; 3.5 is not.
+        base = Annotated[int, _INTEGRAL, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
     elif feature.type == "boolean":
         base = Annotated[bool, Field(strict=True)]
     else:
@@ -230,3 +246,30 @@ def _summary(e: ValidationError) -> str:
 def is_json_error(e: InvalidInput) -> bool:
     """Whether the body was not JSON at all (the API answers 400 rather than 422)."""
     return any(err.get("type") == "json_invalid" for err in e.errors)
+
+
+def example_row(manifest: Manifest) -> dict[str, Any]:
+    """A row the API accepts, for the OpenAPI examples: each feature's recorded ``example``
+    (a real value of the push's ``--sample``, or a known category), else a neutral value of
+    its type (0, 0.0, false, or "")."""
+    row: dict[str, Any] = {}
+    for f in manifest.features:
+        value = f.example
+        if f.categories and (value is None or (not f.allow_unknown
+                                               and value not in f.categories)):
+            value = f.categories[0]
+        if value is None or not _fits(value, f.type):
+            value = {"integer": 0, "number": 0.0, "boolean": False, "string": ""}[f.type]
+        row[f.name] = value
+    return row
+
+
+def _fits(value: Any, type_: str) -> bool:
+    if type_ == "boolean":
+        return isinstance(value, bool)
+    if type_ == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type_ == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and abs(
+            value) <= FLOAT32_MAX
+    return isinstance(value, str)

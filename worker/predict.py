@@ -129,12 +129,22 @@ class BatchPredictor:
         elapsed = time.perf_counter() - t0
         for job_id, status, _, payload, _, _ in finished:
             if job_id not in report.outcomes:
-                err = None if status == SUCCEEDED else orjson.loads(payload)["message"]
+                err = None if status == SUCCEEDED else self._event_error(payload)
                 report.outcomes[job_id] = (SUCCESS if status == SUCCEEDED else FAILURE,
                                            elapsed, err)
         if self.observer is not None:
             self.observer.log_batch(report, elapsed)
         return report
+
+    def _event_error(self, payload: bytes) -> str:
+        """What a failed job's task-failed event (and so Flower) says. An estimator's message
+        can quote input values, so it is withheld unless ``log_inputs``; the job's own
+        ``error`` (GET /v1/jobs/<id>) always has it."""
+        error = orjson.loads(payload)
+        if self.settings.log_inputs:
+            return f"{error['type']}: {error['message']}"
+        return (f"{error['type']} (message withheld: it may quote inputs; read it in the job's "
+                "error, or set PREDQ_LOG_INPUTS=true)")
 
     def _finish(self, finished: list[tuple[str, str, str, bytes, str, bytes]],
                 report: BatchReport) -> None:

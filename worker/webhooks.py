@@ -189,14 +189,31 @@ class WebhookRunner:
             return
         exc = future.exception()
         if exc is None:
-            req.send_event("task-succeeded", result=future.result(),
-                           runtime=time.monotonic() - started)
+            _send_outcome(req, future.result(), time.monotonic() - started)
             req.acknowledge()
             return
         log.error("webhook %s: delivery raised; requeued in %gs", req.args, REQUEUE_PAUSE_S,
                   exc_info=exc)
         req.send_event("task-failed", exception=repr(exc), traceback="")
         consumer.timer.call_after(REQUEUE_PAUSE_S, req.reject, (), {"requeue": True})
+
+
+def _send_outcome(req: Any, result: str, runtime: float) -> None:
+    """The task event of one attempt, so Flower's state tells the truth: FAILURE for a
+    delivery that failed for good (a 410, an exhausted retry schedule: it is dead-lettered),
+    RETRY for a failed attempt that will be retried, SUCCESS when it was delivered or had
+    nothing left to do (``skipped: ...``, e.g. already delivered)."""
+    job_id, event = req.args[0], req.args[1]
+    if result == "failed":
+        req.send_event("task-failed", traceback="", exception=(
+            f"WebhookFailed: {event} of job {job_id} failed for good and was dead-lettered "
+            "(see the job's webhook.detail and GET /v1/webhooks/dead)"))
+    elif result == "retry":
+        req.send_event("task-retried", traceback="", exception=(
+            f"WebhookRetry: {event} of job {job_id}: attempt failed, another is scheduled "
+            "(see the job's webhook.next_attempt_at)"))
+    else:
+        req.send_event("task-succeeded", result=result, runtime=runtime)
 
 
 def register_webhook_task(app: Celery, settings: Settings) -> WebhookRunner:
