@@ -32,6 +32,15 @@ def train_demo_model() -> Any:
     return RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y)
 
 
+def write_demo_sample(path: Path) -> Path:
+    """The iris measurements as a sample CSV (``--sample``): the examples /docs shows."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris(as_frame=True)
+    iris.data.set_axis(list(IRIS_FEATURES), axis=1).to_csv(path, index=False)
+    return path
+
+
 def ensure_demo(registry: Registry, name: str = "iris") -> Manifest:
     """The demo model's default manifest, registering it (alias production) if it is absent."""
     try:
@@ -47,7 +56,8 @@ def ensure_demo(registry: Registry, name: str = "iris") -> Manifest:
             # The forest would accept NaN (its allow_nan tag), but a demo whose four
             # measurements are all required shows the API's validation at work.
             return registry.push(
-                artifact, name, aliases=("production",), accepts_missing=False
+                artifact, name, aliases=("production",), accepts_missing=False,
+                sample_csv=write_demo_sample(Path(tmp) / "iris.csv"),
             )
         except RegistryError:
             # Another process (a second `predq up`) registered it first: use theirs.

@@ -340,15 +340,13 @@ def _check_predicts(estimator: Any, columns: dict[str, pd.Series], named: bool,
 
 def _example(col: pd.Series | None, type_: FeatureType, categories: list[Any] | None) -> Any:
     """A real value of the feature for documentation: the sample's median or most frequent
-    value (a category the encoder knows, for an encoded column), or None."""
-    if categories is not None:
-        if col is not None:
-            counts = col.dropna().map(_plain).value_counts()
-            for value in counts.index:
-                if value in categories:
-                    return value
-        return categories[0] if categories else None
+    value (a category the encoder knows, for an encoded column); None without a sample."""
     if col is None:
+        return None  # shared.schema.example_row falls back to a known category or a zero
+    if categories is not None:
+        for value in col.dropna().map(_plain).value_counts().index:
+            if value in categories:
+                return value
         return None
     values = col.dropna()
     if values.empty:

@@ -97,7 +97,7 @@ def _feature_type(feature: Feature, accepts_missing: bool, max_string: int) -> A
     elif feature.type == "integer":
         # The codec stores integers as int64: a bigger one must be a 422, not an OverflowError.
         # Integral floats (3.0) are accepted as integers; 3.5 is not.
-        base = Annotated[int, _INTEGRAL, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+        base = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1), _INTEGRAL]
     elif feature.type == "boolean":
         base = Annotated[bool, Field(strict=True)]
     else:

@@ -173,7 +173,7 @@ def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 @pytest.fixture(scope="session")
 def _registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with iris and mixed, trained and pushed once per session."""
-    from predq.demo import train_demo_model, train_mixed_pipeline
+    from predq.demo import train_demo_model, train_mixed_pipeline, write_demo_sample
     from shared.registry import Registry
     from shared.serialization import dump_estimator
 
@@ -183,7 +183,8 @@ def _registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dump_estimator(train_demo_model(), iris, "joblib")
     dump_estimator(train_mixed_pipeline(), mixed, "joblib")
     # iris exactly as predq.demo.ensure_demo registers it for `predq up`.
-    registry.push(iris, "iris", aliases=("production",), accepts_missing=False)
+    registry.push(iris, "iris", aliases=("production",), accepts_missing=False,
+                  sample_csv=write_demo_sample(work / "iris.csv"))
     registry.push(mixed, "mixed")
     return registry.root
 

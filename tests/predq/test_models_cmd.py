@@ -114,3 +114,23 @@ def test_errors_exit_non_zero(root: Path, iris_file: Path) -> None:
     assert no_version.exit_code == 1 and "no version '9'" in no_version.output
     no_file = run("push", str(root / "missing.joblib"), "--name", "iris")
     assert no_file.exit_code == 2 and "does not exist" in no_file.output
+
+
+def test_push_refuses_a_dirty_sample_unless_told_to_drop_its_rows(root: Path, tmp_path: Path
+                                                                  ) -> None:
+    model = tmp_path / "mixed.joblib"
+    dump_estimator(train_mixed_pipeline(), model, "joblib")
+    sample = tmp_path / "sample.csv"
+    sample.write_text("color,size,x1,x2\nred,S,1,0.5\nblue,M,abc,0.25\ngreen,L,3,0.75\n")
+    refused = run("push", str(model), "--name", "mixed", "--sample", str(sample))
+    assert refused.exit_code == 1
+    assert "column 'x1' holds numbers except at line 3 ('abc')" in refused.output
+    assert run("list").output.startswith("No models registered")
+
+    result = run("push", str(model), "--name", "mixed", "--sample", str(sample),
+                 "--drop-bad-sample-rows")
+    assert result.exit_code == 0, result.output
+    assert "dropped 1 of 3 sample rows" in result.output
+    manifest = json.loads(run("show", "mixed").output)
+    features = {f["name"]: f for f in manifest["features"]}
+    assert features["x1"]["type"] == "integer" and features["x1"]["example"] in (1, 3)

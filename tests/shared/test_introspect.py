@@ -219,3 +219,67 @@ def test_library_versions() -> None:
     versions = infer(LogisticRegression().fit(X_NUM, Y_BIN))["library_versions"]
     assert {"python", "sklearn", "numpy", "joblib", "pandas", "predq"} <= set(versions)
     assert all(isinstance(v, str) and v for v in versions.values())
+
+
+# -- a sample that contradicts the model (issue: "A dirty --sample silently changes the schema")
+
+
+def _numeric_model() -> Any:
+    X = pd.DataFrame({"age": [20, 30, 40, 50, 60, 70], "score": [0.1, 0.5, 0.2, 0.9, 0.3, 0.4]})
+    return LogisticRegression().fit(X, [0, 1, 0, 1, 0, 1])
+
+
+DIRTY_CSV = "age,score\n20,0.1\n30,0.5\nabc,0.2\n50,0.9\n60,0.3\n70,0.4\n"
+
+
+def test_a_dirty_sample_column_is_refused_naming_its_rows(tmp_path: Path) -> None:
+    csv = tmp_path / "dirty.csv"
+    csv.write_text(DIRTY_CSV)
+    with pytest.raises(RegistryError) as ei:
+        infer(_numeric_model(), sample=read_sample_csv(csv))
+    message = str(ei.value)
+    assert "column 'age' holds numbers except at line 4 ('abc')" in message
+    assert "--drop-bad-sample-rows" in message
+
+
+def test_drop_bad_sample_rows_types_the_column_from_the_rest(tmp_path: Path) -> None:
+    csv = tmp_path / "dirty.csv"
+    csv.write_text(DIRTY_CSV)
+    notes: list[str] = []
+    fields = infer(_numeric_model(), sample=read_sample_csv(csv), drop_bad_sample_rows=True,
+                   note=notes.append)
+    assert by_name(fields)["age"].type == "integer"
+    assert by_name(fields)["score"].type == "number"
+    assert notes == ["dropped 1 of 6 sample rows: column 'age' holds numbers except at line 4 "
+                     "('abc')"]
+
+
+def test_a_string_column_the_model_cannot_take_is_warned_about() -> None:
+    sample = pd.DataFrame({"age": ["young", "old"], "score": [0.1, 0.2]})
+    notes: list[str] = []
+    fields = infer(_numeric_model(), sample=sample, note=notes.append)
+    assert by_name(fields)["age"].type == "string"  # all strings: not a dirty column
+    assert len(notes) == 1 and "could not predict on the sample" in notes[0], notes
+
+
+def test_a_string_column_an_encoder_receives_is_not_dirty() -> None:
+    X = pd.DataFrame({"plan": ["1", "2", "x"] * 4, "n": list(range(12))})
+    pre = ColumnTransformer([("plan", OneHotEncoder(), ["plan"])], remainder="passthrough")
+    model = make_pipeline(pre, LogisticRegression()).fit(X, [0, 1] * 6)
+    notes: list[str] = []
+    fields = infer(model, sample=X, note=notes.append)
+    assert by_name(fields)["plan"].categories == ["1", "2", "x"] and notes == []
+
+
+def test_examples_are_real_sample_values_or_known_categories(tmp_path: Path) -> None:
+    X = pd.DataFrame({"count": [1, 5, 3, 9, 7], "ratio": [0.5, 0.1, 0.9, 0.3, 0.7],
+                      "plan": ["pro", "free", "pro", "pro", "free"]})
+    pre = ColumnTransformer([("plan", OneHotEncoder(), ["plan"])], remainder="passthrough")
+    model = make_pipeline(pre, LogisticRegression()).fit(X, [0, 1, 1, 0, 1])
+    csv = tmp_path / "sample.csv"
+    X.to_csv(csv, index=False)
+    f = by_name(infer(model, sample=read_sample_csv(csv)))
+    assert (f["count"].example, f["ratio"].example, f["plan"].example) == (5, 0.5, "pro")
+    assert type(f["count"].example) is int
+    no_sample = by_name(infer(model))
+    assert no_sample["count"].example is None and no_sample["plan"].example is None

@@ -151,3 +151,28 @@ def test_json_schemas_describe_the_features() -> None:
     assert js["properties"]["color"]["enum"] == ["red", "green"]
     out = schema().output_schema()
     assert set(out["properties"]) == {"label", "probabilities"}
+
+
+def test_integer_features_accept_integral_floats_only() -> None:
+    """pandas and JavaScript clients send 3 as 3.0: an integer feature accepts it as 3."""
+    parsed = schema().parse(body([row(n=3.0)]), allow_webhook=False)
+    _, cols = codec.decode(parsed.inputs)
+    assert cols["n"].dtype == np.int64 and cols["n"].tolist() == [3]
+    for bad in (3.5, "3", True, 1e30):
+        errs = errors_of(body([row(n=bad)]))
+        assert [e["loc"] for e in errs] == [["body", "inputs", 0, "n"]], (bad, errs)
+    assert schema().input_schema()["properties"]["n"]["type"] == "integer"
+
+
+def test_example_row_is_accepted() -> None:
+    from shared.schema import example_row
+
+    features = [*NUM, CAT, INT,
+                Feature(name="flag", type="boolean", required=True),
+                Feature(name="note", type="string", required=True, example="hello"),
+                Feature(name="k", type="integer", required=True, example=12,
+                        categories=[7, 12], allow_unknown=False)]
+    example = example_row(manifest(features))
+    assert example == {"x1": 0.0, "x2": 0.0, "color": "red", "n": 0, "flag": False,
+                       "note": "hello", "k": 12}
+    assert schema(features).parse(body([example]), allow_webhook=True).n_rows == 1
