@@ -115,3 +115,43 @@ def test_flower_refuses_to_listen_beyond_loopback_without_basic_auth(
     result = CliRunner().invoke(main, ["flower", "--address", address])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_a_failed_predict_shows_no_input_value_in_flower_or_the_logs(
+        registry_with_models: Registry, env: dict[str, str], tmp_path: Path, processes: Any,
+        start_worker: Callable[..., Any], start_api: Callable[..., str]) -> None:
+    """The estimator's message quotes the offending value (-7.125): it stays in the job's own
+    error, and Flower's task detail and the worker log name only its type."""
+    import joblib
+
+    from tests.helpers.faulty import train
+
+    artifact = tmp_path / "boom.joblib"
+    joblib.dump(train("raise"), artifact)
+    registry_with_models.push(artifact, "boom")
+    extra = {"PREDQ_AUTH_ENABLED": "false", "PREDQ_FLOWER_BASIC_AUTH": ":".join(AUTH)}
+    worker = start_worker(1, extra_env=extra)
+    flower = start_flower(processes, env, tmp_path, extra)
+    fl = httpx.Client(base_url=flower, auth=AUTH, timeout=10)
+    poll(lambda: fl.get("/api/workers", params={"status": "true"}).json().get(worker.hostname),
+         30, "Flower to see the worker")
+    base = start_api(extra_env=extra)
+    with httpx.Client(base_url=base, timeout=30) as c:
+        job_id = c.post("/v1/models/boom/jobs",
+                        json={"inputs": [{"x1": -7.125, "x2": 1.0}]}).json()["id"]
+        job = c.get(f"/v1/jobs/{job_id}", params={"wait": 20}).json()
+    assert job["status"] == "failed" and "-7.125" in job["error"]["message"], job
+
+    def failed() -> dict[str, Any] | None:
+        task = fl.get(f"/api/task/info/{job_id}")
+        return task.json() if task.status_code == 200 and task.json().get(
+            "state") == "FAILURE" else None
+
+    task = poll(failed, 30, "Flower to show the job as FAILURE")
+    assert "PredictError" in task["exception"], task
+    assert "PREDQ_LOG_INPUTS" in task["exception"], task
+    assert "-7.125" not in str(task), task
+    log = worker.tail(400)
+    assert f"job {job_id} failed in predict: ValueError" in log, log
+    assert "-7.125" not in log, log
+    fl.close()

@@ -29,7 +29,7 @@ class Faulty(ClassifierMixin, BaseEstimator):
     def predict_proba(self, x: Any) -> np.ndarray:
         values = np.asarray(x["x1"], dtype=float)
         if self.mode == "raise" and (values < 0).any():
-            raise ValueError("x1 must not be negative")
+            raise ValueError(f"x1 must not be negative, got {float(values.min())}")
         if self.mode == "slow":
             time.sleep(self.delay)
         p = np.full((len(values), len(self.classes_)), 1.0 / len(self.classes_))
