@@ -95,6 +95,8 @@ class Output:
             for label in ("API", "Flower"):
                 if line.startswith(f"{label} ") and "http" in line:
                     found[label] = line.split()[1]
+            if line.startswith("Flower login "):
+                found["flower_login"] = line.split()[2]
             if line.startswith("curl ") and "-X POST" in line:
                 found["submit"] = line
             elif line.startswith("curl ") and "JOB_ID" in line:
@@ -138,7 +140,14 @@ def test_up_serves_the_demo_and_stops_everything(tmp_path: Path) -> None:
         assert banner["API"] == f"http://127.0.0.1:{port}"
 
         with httpx.Client(timeout=30, trust_env=False) as client:
-            assert client.get(banner["Flower"]).status_code in (200, 401)
+            # Flower's UI and HTTP API take the same login, which the banner prints.
+            user, _, password = banner["flower_login"].partition(":")
+            assert user == "predq" and password
+            assert client.get(f"{banner['Flower']}/api/workers").status_code == 401
+            assert client.get(banner["Flower"]).status_code == 401
+            assert client.get(f"{banner['Flower']}/api/workers",
+                              auth=(user, password)).status_code == 200
+            assert client.get(banner["Flower"], auth=(user, password)).status_code == 200
             submitted = _replay(client, parse_curl(banner["submit"]))
             assert submitted.status_code == 202, submitted.text
             job = submitted.json()
