@@ -160,7 +160,8 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(False, description="Log one JSON object per line.")
     log_level: str = Field("INFO", description="Log level of api and worker.")
-    log_inputs: bool = Field(False, description="Include input rows in debug logs.")
+    log_inputs: bool = Field(False, description="Let input values (quoted by an estimator's "
+                             "error message) reach the logs and Flower's task events.")
 
     # -- Flower ------------------------------------------------------------------------
     flower_basic_auth: str | None = Field(
