@@ -20,9 +20,11 @@ from pydantic.json_schema import models_json_schema
 from api.deps import AppState
 from api.errordocs import document_errors
 from shared.schema import WebhookSpec, example_row
+from shared.views import job_links
 
 log = logging.getLogger("predq.api")
 _REF = "#/components/schemas/{model}"
+_EXAMPLE_JOB_ID = "0b7e6a2c-3f4d-4c1e-9a8b-5d6f7e8a9b0c"
 
 
 def install(app: FastAPI) -> None:
@@ -94,7 +96,17 @@ def _add_model_paths(doc: dict[str, Any], schema: Any) -> None:
                                       "content": {"application/json": {
                                           "schema": {"$ref": _REF.format(model=result)},
                                           "example": _predict_result_example(schema)}}}
+        accepted = op["responses"].get("202", {}).get("content", {}).get("application/json")
+        if accepted is not None:
+            accepted["example"] = _accepted_example(schema)
         paths[f"/v1/models/{name}/{suffix}"] = {"post": op}
+
+
+def _accepted_example(schema: Any) -> dict[str, Any]:
+    m = schema.manifest
+    return {"id": _EXAMPLE_JOB_ID, "status": "queued", "model": m.name, "version": m.version,
+            "n_inputs": 1, "created_at": "2026-01-01T12:00:00.000000Z",
+            "links": job_links(_EXAMPLE_JOB_ID)}
 
 
 def _predict_result_schema(schema: Any) -> dict[str, Any]:
@@ -124,7 +136,7 @@ def _output_example(schema: Any) -> dict[str, Any]:
 def _predict_result_example(schema: Any) -> dict[str, Any]:
     m = schema.manifest
     return {"outputs": [_output_example(schema)], "model": m.name, "version": m.version,
-            "job_id": "0b7e6a2c-3f4d-4c1e-9a8b-5d6f7e8a9b0c"}
+            "job_id": _EXAMPLE_JOB_ID}
 
 
 def _add_generic_examples(doc: dict[str, Any], schema: Any) -> None:

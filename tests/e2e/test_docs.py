@@ -106,6 +106,8 @@ def test_openapi_examples_are_accepted_and_outputs_are_documented(
                 assert got["outputs"][0]["label"] in label["enum"]
 
             jobs = doc["paths"][f"/v1/models/{name}/jobs"]["post"]
+            accepted = jobs["responses"]["202"]["content"]["application/json"]["example"]
+            assert accepted["model"] == name and accepted["links"]["self"].startswith("/v1/jobs/")
             job_example = jobs["requestBody"]["content"]["application/json"]["example"]
             submitted = c.post(f"/v1/models/{name}/jobs", json=job_example)
             assert submitted.status_code == 202, submitted.text
