@@ -88,7 +88,7 @@ def _add_model_paths(doc: dict[str, Any], schema: Any) -> None:
         op["parameters"] = [p for p in op.get("parameters", []) if p.get("name") != "name"]
         op["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": {"$ref": _REF.format(model=body_model.__name__)},
-            "example": {"inputs": [example_row(schema.manifest)]}}}}
+            "example": {"inputs": [example_row(schema.manifest, schema.max_string)]}}}}
         if suffix == "predict":
             result = f"{schema.output_model.__name__[:-len('_Output')]}_PredictResult"
             doc["components"]["schemas"][result] = _predict_result_schema(schema)
@@ -152,7 +152,7 @@ def _add_generic_examples(doc: dict[str, Any], schema: Any) -> None:
                 param["example"] = schema.manifest.name
         content = op.get("requestBody", {}).get("content", {}).get("application/json")
         if content is not None:
-            content["example"] = {"inputs": [example_row(schema.manifest)]}
+            content["example"] = {"inputs": [example_row(schema.manifest, schema.max_string)]}
         ok = op.get("responses", {}).get("200", {}).get("content", {}).get("application/json")
         if suffix == "predict" and ok is not None:
             ok["example"] = _predict_result_example(schema)

@@ -153,6 +153,7 @@ class ModelSchema:
         self.manifest = manifest
         self.max_rows = max_rows
         self.max_metadata_bytes = max_metadata_bytes
+        self.max_string = max_string
         self.row_type = build_row_type(manifest, max_string)
         self.output_model = build_output_row_model(manifest)
         inputs_t = Annotated[list[self.row_type], Field(min_length=1)]  # type: ignore[name-defined]
@@ -248,10 +249,10 @@ def is_json_error(e: InvalidInput) -> bool:
     return any(err.get("type") == "json_invalid" for err in e.errors)
 
 
-def example_row(manifest: Manifest) -> dict[str, Any]:
+def example_row(manifest: Manifest, max_string: int | None = None) -> dict[str, Any]:
     """A row the API accepts, for the OpenAPI examples: each feature's recorded ``example``
     (a real value of the push's ``--sample``, or a known category), else a neutral value of
-    its type (0, 0.0, false, or "")."""
+    its type (0, 0.0, false, or ""); strings cut to ``max_string``."""
     row: dict[str, Any] = {}
     for f in manifest.features:
         value = f.example
@@ -260,6 +261,8 @@ def example_row(manifest: Manifest) -> dict[str, Any]:
             value = f.categories[0]
         if value is None or not _fits(value, f.type):
             value = {"integer": 0, "number": 0.0, "boolean": False, "string": ""}[f.type]
+        if isinstance(value, str) and max_string is not None and not f.categories:
+            value = value[:max_string]
         row[f.name] = value
     return row
 

@@ -169,10 +169,10 @@ def test_example_row_is_accepted() -> None:
 
     features = [*NUM, CAT, INT,
                 Feature(name="flag", type="boolean", required=True),
-                Feature(name="note", type="string", required=True, example="hello"),
+                Feature(name="note", type="string", required=True, example="hello, world"),
                 Feature(name="k", type="integer", required=True, example=12,
                         categories=[7, 12], allow_unknown=False)]
-    example = example_row(manifest(features))
+    example = example_row(manifest(features), max_string=8)  # as schema() below
     assert example == {"x1": 0.0, "x2": 0.0, "color": "red", "n": 0, "flag": False,
-                       "note": "hello", "k": 12}
+                       "note": "hello, w", "k": 12}
     assert schema(features).parse(body([example]), allow_webhook=True).n_rows == 1
