@@ -165,6 +165,10 @@ def flower(port: int, address: str) -> None:
             "shut workers down. Set PREDQ_FLOWER_BASIC_AUTH=user:password, or keep "
             "--address 127.0.0.1."
         )
+    else:
+        click.echo("predq flower: no PREDQ_FLOWER_BASIC_AUTH, so the UI needs no password on "
+                   f"{address} and Flower's HTTP API (/api/...) answers 401; set "
+                   "PREDQ_FLOWER_BASIC_AUTH=user:password to use both with a login", err=True)
     argv = ["flower", f"--port={port}", f"--address={address}"]
     if basic_auth is not None:
         # In-process argv: the password never shows in `ps`.

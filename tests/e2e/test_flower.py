@@ -155,3 +155,29 @@ def test_a_failed_predict_shows_no_input_value_in_flower_or_the_logs(
     assert f"job {job_id} failed in predict: ValueError" in log, log
     assert "-7.125" not in log, log
     fl.close()
+
+
+def test_flower_without_a_login_says_its_http_api_needs_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import predq.procs_cmd as procs_cmd
+    from predq.cli import main
+    from shared.settings import get_settings
+
+    for name in [n for n in os.environ if n.startswith("PREDQ_")]:
+        monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    started: list[list[str]] = []
+
+    class App:
+        def start(self, argv: list[str]) -> int:
+            started.append(argv)
+            return 0
+
+    monkeypatch.setattr(procs_cmd, "_celery_app", lambda settings: App())
+    result = CliRunner().invoke(main, ["flower"])
+    assert result.exit_code == 0, result.output
+    assert "HTTP API (/api/...) answers 401" in result.output
+    assert "PREDQ_FLOWER_BASIC_AUTH=user:password" in result.output
+    assert started and not any(a.startswith("--basic-auth") for a in started[0])
