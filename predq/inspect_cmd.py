@@ -52,7 +52,10 @@ def inspect(file: Path, sample: Path | None, as_json: bool) -> None:
 
     Loading a model file runs its code: inspect only files you trust.
     """
-    from predq.model_inspect import inspect_model
+    from predq.model_inspect import ModelLoadError, inspect_model
 
-    report = inspect_model(file, sample)
+    try:
+        report = inspect_model(file, sample)
+    except ModelLoadError as e:
+        raise click.ClickException(str(e)) from e
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))

@@ -156,7 +156,7 @@ def measure_runtimes(model: Any, rows: pd.DataFrame) -> list[RuntimeResult]:
     reference = None
     for name, fn in runtimes_for(model).items():
         try:
-            latency = {n: _best_ms(lambda n=n: fn(rows.iloc[:n]), repeat=20, budget_s=1.5)
+            latency = {n: _best_ms(lambda n=n, fn=fn: fn(rows[:n]), repeat=20, budget_s=1.5)
                        for n in ROW_COUNTS}
             out = np.asarray(fn(rows))
             if reference is None:
@@ -225,10 +225,18 @@ def recommend(formats: list[FormatResult], runtimes: list[RuntimeResult]) -> dic
     return {"store": store, "store_why": why, "run": run, "run_why": run_why}
 
 
+class ModelLoadError(Exception):
+    """The file is not a model joblib can load (with the reason)."""
+
+
 def inspect_model(path: Path, sample: Path | None = None) -> dict[str, Any]:
     import joblib
 
-    model = joblib.load(path)
+    try:
+        model = joblib.load(path)
+    except Exception as e:  # a text file, a truncated file, a class joblib cannot import
+        raise ModelLoadError(f"cannot load {path} as a joblib model: {type(e).__name__}: "
+                             f"{e}") from e
     rows = sample_rows(model, sample)
     with tempfile.TemporaryDirectory(prefix="predq-inspect-") as tmp:
         formats = measure_formats(model, Path(tmp))
