@@ -171,6 +171,7 @@ class Upload:
     open: Callable[[], Iterator[bytes]]
     content_type: str
     gzip: bool
+    filename: str | None = None
 
     @classmethod
     def of(cls, source: Any, fmt: str | None = None) -> Upload:
@@ -180,7 +181,7 @@ class Upload:
             buf = io.BytesIO()
             source.to_parquet(buf, index=False)
             data = buf.getvalue()
-            return cls(lambda: iter([data]), FORMATS[".parquet"][1], False)
+            return cls(lambda: iter([data]), FORMATS[".parquet"][1], False, "dataframe.parquet")
         if isinstance(source, str | Path):
             path = Path(source)
             detected, ctype, gz = file_format(path.name)
@@ -191,7 +192,7 @@ class Upload:
                 with path.open("rb") as f:
                     while block := f.read(UPLOAD_CHUNK):
                         yield block
-            return cls(chunks, ctype, gz)
+            return cls(chunks, ctype, gz, path.name)
         if hasattr(source, "read"):
             name = getattr(source, "name", "") or ""
             if fmt:
@@ -205,7 +206,7 @@ class Upload:
                     source.seek(start)
                 while block := source.read(UPLOAD_CHUNK):
                     yield block
-            return cls(stream, ctype, gz)
+            return cls(stream, ctype, gz, Path(str(name)).name or None)
         raise TypeError("batch input must be a path, a binary file object or a DataFrame")
 
 
@@ -342,7 +343,8 @@ class Ops:
                    "Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         if up.gzip:
             headers["Content-Encoding"] = "gzip"
-        reply = yield from self.call(Send("POST", "/v1/files", headers=headers,
+        params = {"filename": up.filename[:255]} if up.filename else {}
+        reply = yield from self.call(Send("POST", "/v1/files", params=params, headers=headers,
                                           upload=up.open))
         return reply.json()
 

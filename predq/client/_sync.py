@@ -158,7 +158,7 @@ class Client:
         params = {k: v for k, v in {"limit": limit, "after": after}.items() if v is not None}
         reply = self._run(self._ops.json_call("GET", "/v1/batches", params=params))
         doc = reply.json()
-        items = doc.get("items", doc) if isinstance(doc, dict) else doc
+        items = doc.get("data", []) if isinstance(doc, dict) else doc
         return [Batch(self, b) for b in items]
 
 
