@@ -74,7 +74,7 @@ def test_predict_a_file_with_bad_rows(stack: Any, registry_with_models: Any,
     rows = iris_sample_rows(300, seed=9)
     frame = pd.DataFrame(rows)
     frame.insert(0, "customer_id", [f"c{i:04d}" for i in range(len(frame))])
-    frame = frame.astype({c: object for c in frame.columns})
+    frame = frame.astype(dict.fromkeys(frame.columns, object))
     for row, (col, value) in BAD_ROWS.items():
         frame.loc[row, col] = value
     src = tmp_path / "customers.csv"
