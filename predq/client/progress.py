@@ -19,10 +19,14 @@ class Bar:
     """A tqdm bar fed from batch documents (the server's counts, rate and ETA)."""
 
     def __init__(self, file: Any = None) -> None:
+        import shutil
+
         from tqdm import tqdm
 
-        self._bar = tqdm(total=None, unit="rows", unit_scale=True, dynamic_ncols=True,
-                         file=file or sys.stderr, desc="scoring")
+        # A terminal that reports no size (a fresh pty, some CI runners) still gets a bar.
+        width = shutil.get_terminal_size((100, 24)).columns or 100
+        self._bar = tqdm(total=None, unit="rows", ncols=width, file=file or sys.stderr,
+                         desc="scoring")
         self._shown = 0
 
     def __call__(self, doc: dict[str, Any]) -> None:
