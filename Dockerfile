@@ -15,7 +15,7 @@ COPY shared ./shared
 COPY api ./api
 COPY worker ./worker
 COPY predq ./predq
-RUN pip install . \
+RUN pip install ".[server]" \
     && useradd --system --uid 10001 --create-home --home-dir /home/predq predq \
     && mkdir -p /registry \
     && chown predq /registry

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from predq.inspect_cmd import inspect
 from shared.errors import PredqError
 from shared.registry import ModelInfo, Registry
 from shared.settings import get_settings
@@ -141,3 +142,6 @@ def _table(infos: list[ModelInfo]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+models.add_command(inspect)
