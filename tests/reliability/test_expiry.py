@@ -17,11 +17,19 @@ from typing import Any
 import pytest
 import redis
 
-from tests.reliability.conftest import broker_state, irows, xrows
+from tests.reliability.conftest import broker_state, irows, wait_until, xrows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 TTL_S = 8
+
+
+def _wait_past(api: Any, job_ids: list[str], seconds: float) -> None:
+    """Wait (bounded) until ``seconds`` have passed since the latest ``created_at`` of the
+    jobs, as the API recorded it: the deadline is the jobs' own, not a guessed sleep."""
+    created = max(datetime.fromisoformat(api.get(j)["created_at"].replace("Z", "+00:00"))
+                  .timestamp() for j in job_ids)
+    assert wait_until(lambda: time.time() > created + seconds, seconds + 30, poll=0.05)
 
 
 def _scan(redis_url: str, pattern: str) -> list[str]:
@@ -62,7 +70,7 @@ def test_records_and_keys_expire_after_the_result_ttl(
     for j in cancelled:
         assert api.delete(j).status_code == 200
     expired = [post("iris", irows(2), cancel_after=0.2) for _ in range(3)]
-    time.sleep(0.5)
+    _wait_past(api, expired, 0.3)  # their deadline passed while no worker ran
     s.add_worker(1)
     views.update(api.wait_all(cancelled + expired, 30))
     assert {views[j]["status"] for j in cancelled} == {"cancelled"}
@@ -110,7 +118,7 @@ def test_a_job_queued_longer_than_the_ttl_is_not_lost(
     try:
         waiting = [api.submit("iris", irows(5, seed=i)) for i in range(2)]  # queue now full
         assert api.post_job("iris", irows(1)).status_code == 429
-        time.sleep(5.5)  # no worker for longer than the TTL
+        _wait_past(api, waiting, 4.5)  # no worker for longer than the TTL
         s = rstack(concurrency=1, **env)
         # read each result as it ends (the result TTL counts from the end of the job)
         seen = {j: s.api.c.get(f"/v1/jobs/{j}", params={"wait": 10}, timeout=20)
