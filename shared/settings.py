@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         Path(".predq/registry"), description="Directory of the model registry."
     )
     key_prefix: str = Field(
-        "predq", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key."
+        "predq", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+        description="Prefix of predq's own Redis keys (not of Celery's queues or kombu's "
+        "keys: one deployment per Redis database).",
     )
 
     # -- queues and routing --------------------------------------------------------
