@@ -491,7 +491,8 @@ def stack_env(tmp: Path, redis: RedisServer) -> dict[str, str]:
         "PREDQ_VISIBILITY_TIMEOUT_S": "10",
         "PREDQ_REAPER_INTERVAL_S": "2",
         "PREDQ_STUCK_AFTER_S": "30",
-        "PREDQ_JOB_TIME_LIMIT_S": "20",
+        # the batch hard time limit (2 x 3 + 3 s) stays below the visibility timeout
+        "PREDQ_JOB_TIME_LIMIT_S": "3",
         "PREDQ_MAX_DELIVERIES": "5",
         "PREDQ_WORKER_HEARTBEAT_S": "1",
         "PREDQ_LOG_LEVEL": "INFO",

@@ -1,7 +1,9 @@
 """Every Redis key predq writes, and every TTL, defined once.
 
-All keys start with the settings' ``key_prefix`` so that several deployments (or test
-sessions) can share one Redis without touching each other's data.
+All these keys start with the settings' ``key_prefix``. Celery's queues (named by the queue
+settings) and kombu's ``unacked``/``unacked_index``/``unacked_mutex`` keys are not prefixed,
+and kombu's restore sweep reads ``unacked`` whole: so one deployment per Redis database.
+(Test sessions share one Redis by giving each test its own prefix *and* queue names.)
 """
 
 from __future__ import annotations

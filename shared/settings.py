@@ -11,7 +11,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -46,7 +54,9 @@ class Settings(BaseSettings):
         Path(".predq/registry"), description="Directory of the model registry."
     )
     key_prefix: str = Field(
-        "predq", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key."
+        "predq", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+        description="Prefix of predq's own Redis keys (not of Celery's queues or kombu's "
+        "keys: one deployment per Redis database).",
     )
 
     # -- queues and routing --------------------------------------------------------
@@ -114,14 +124,17 @@ class Settings(BaseSettings):
         5, description="A job delivered this many times without finishing is failed (poison)."
     )
     visibility_timeout_s: PositiveInt = Field(
-        600, description="Unacked messages of a dead worker are redelivered after this."
+        900, description="Unacked messages of a dead worker are redelivered after this "
+        "(must exceed the batch hard time limit: 2 x PREDQ_JOB_TIME_LIMIT_S plus the smaller "
+        "of 10 s and PREDQ_JOB_TIME_LIMIT_S)."
     )
     reaper_interval_s: PositiveFloat = Field(
         30.0, description="How often a worker looks for jobs stuck in 'running'."
     )
     stuck_after_s: PositiveFloat = Field(
-        900.0,
-        description="A job running this long is redelivered by the reaper (> the time limit).",
+        1200.0,
+        description="A job running this long is redelivered by the reaper (must exceed the "
+        "batch hard time limit).",
     )
     queue_max_rows: PositiveInt = Field(
         2_000_000, description="Rows queued per model before new jobs get 429."
@@ -135,7 +148,8 @@ class Settings(BaseSettings):
     webhook_timeout_s: PositiveFloat = Field(10.0, description="Timeout of one delivery.")
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000],
-        description="Comma-separated delays of the attempts, in seconds.",
+        description="Comma-separated delays of the attempts, in seconds: entry i is the "
+        "delay before attempt i (the first counted from the job's end).",
     )
     webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -185,6 +199,32 @@ class Settings(BaseSettings):
     api_shutdown_grace_s: PositiveFloat = Field(
         10.0, description="After SIGTERM, seconds the API lets open requests finish."
     )
+
+    @property
+    def batch_time_limit_s(self) -> float:
+        """The hard time limit of one batch (the soft per-call limit is
+        ``job_time_limit_s``): past it, the pool process running the batch is replaced.
+        Twice the soft limit plus a margin for the batch's Redis round trips (10 s, or the
+        soft limit itself when that is shorter)."""
+        return 2 * self.job_time_limit_s + min(10.0, self.job_time_limit_s)
+
+    @model_validator(mode="after")
+    def _check_consistent(self) -> Settings:
+        """Settings that would contradict each other: refused at start-up, naming both."""
+        hard = self.batch_time_limit_s
+        what = (f"the batch hard time limit ({hard:g} s, from PREDQ_JOB_TIME_LIMIT_S "
+                f"{self.job_time_limit_s:g} s: twice it plus min(10 s, it))")
+        if self.visibility_timeout_s <= hard:
+            raise ValueError(
+                f"PREDQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s} s) must exceed {what}: "
+                "Redis would redeliver a batch's messages while it still runs. Raise "
+                "PREDQ_VISIBILITY_TIMEOUT_S or lower PREDQ_JOB_TIME_LIMIT_S.")
+        if self.stuck_after_s <= hard:
+            raise ValueError(
+                f"PREDQ_STUCK_AFTER_S ({self.stuck_after_s:g} s) must exceed {what}: the "
+                "reaper would redeliver jobs that are still running. Raise "
+                "PREDQ_STUCK_AFTER_S or lower PREDQ_JOB_TIME_LIMIT_S.")
+        return self
 
     @field_validator("webhook_secrets", "webhook_allow_hosts", mode="before")
     @classmethod

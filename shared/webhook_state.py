@@ -95,10 +95,16 @@ def initial(job_id: str, event: str) -> State:
 
 
 def begin(cur: State | None, job_id: str, event: str, now: float, lease_s: float,
-          schedule: Sequence[float]) -> tuple[State | None, str]:
+          schedule: Sequence[float], first_delay: float = 0.0) -> tuple[State | None, str]:
     """Whether a message for (job, event) may attempt now: ``(new state, "go")``, or
     ``(None, reason)`` to drop it as a duplicate, or ``(failed state, "dead")`` when a lost
-    attempt (its worker died; the lease ran out) used up the last try."""
+    attempt (its worker died; the lease ran out) used up the last try, or ``(pending state,
+    "deferred")`` when this is the very first message and ``first_delay`` (the schedule's
+    first entry, jittered) is positive: the first attempt is then due after it."""
+    if cur is None and first_delay > 0:
+        state = initial(job_id, event)
+        state["next_at"] = now + first_delay
+        return state, "deferred"
     state = dict(cur) if cur is not None else initial(job_id, event)
     if state.get("event") != event:
         return None, f"state belongs to {state.get('event')}"
@@ -120,9 +126,13 @@ def begin(cur: State | None, job_id: str, event: str, now: float, lease_s: float
 
 
 def record(state: State, outcome: Outcome, at: float, now: float,
-           schedule: Sequence[float], rng: random.Random | None = None
-           ) -> tuple[State, float | None, bool]:
-    """The state after one attempt, with the due score (None: none) and whether it is dead."""
+           schedule: Sequence[float], rng: random.Random | None = None,
+           expires_at: float | None = None) -> tuple[State, float | None, bool]:
+    """The state after one attempt, with the due score (None: none) and whether it is dead.
+
+    ``expires_at`` is when the job's record expires: a retry due after it could never be
+    made, so the delivery fails now, saying how many scheduled attempts were dropped.
+    """
     new = _append(dict(state), outcome, at)
     new["lease_until"] = None
     verdict = outcome.verdict
@@ -137,6 +147,12 @@ def record(state: State, outcome: Outcome, at: float, now: float,
     delay = next_delay(new["tries"], schedule, outcome.retry_after, rng)
     if delay is None:
         return _fail(new, f"gave up after {new['tries']} attempts"), None, True
+    if expires_at is not None and now + delay >= expires_at:
+        dropped = len(schedule) - new["tries"]
+        return _fail(new, f"gave up after {new['tries']} attempts: the next one was due in "
+                          f"{delay:.0f} s, after the job expires (PREDQ_RESULT_TTL_S), so "
+                          f"{dropped} later attempt(s) of PREDQ_WEBHOOK_RETRY_SCHEDULE_S "
+                          "were dropped"), None, True
     new.update(state=PENDING, next_at=now + delay)
     return new, now + delay, False
 

@@ -81,10 +81,11 @@ class _ProcessState:
         return self.predictor
 
 
-def prefetch_multiplier(settings: Settings) -> int:
-    """Enough prefetched messages to fill a batch per pool process and one more buffering."""
-    return max(1, math.ceil(settings.max_batch_jobs * (settings.worker_concurrency + 1)
-                            / settings.worker_concurrency))
+def prefetch_multiplier(settings: Settings, concurrency: int | None = None) -> int:
+    """Enough prefetched messages to fill a batch per pool process and one more buffering,
+    for a pool of ``concurrency`` processes (default: ``settings.worker_concurrency``)."""
+    n = concurrency or settings.worker_concurrency
+    return max(1, math.ceil(settings.max_batch_jobs * (n + 1) / n))
 
 
 def create_app(settings: Settings) -> Celery:
@@ -101,7 +102,7 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         # A global hard limit makes billiard run its timeout handler (per-batch limits).
-        task_time_limit=2 * settings.job_time_limit_s + 10,
+        task_time_limit=settings.batch_time_limit_s,
         worker_prefetch_multiplier=prefetch_multiplier(settings),
         worker_send_task_events=True,
         task_send_sent_event=False,
@@ -133,7 +134,7 @@ def create_app(settings: Settings) -> Celery:
         max_wait_s = settings.max_wait_ms / 1000.0
         # The soft limit (SIGALRM in worker.timelimit) fails a slow model's jobs and keeps
         # the process; this hard limit only replaces a process stuck inside one C call.
-        batch_time_limit = 2 * settings.job_time_limit_s + 10
+        batch_time_limit = settings.batch_time_limit_s
         reap_interval_s = settings.reaper_interval_s
 
         def reap(self) -> None:
@@ -150,6 +151,15 @@ def create_app(settings: Settings) -> Celery:
     @app.task(base=PredictTask, name=PREDICT_TASK, bind=True, acks_late=True)
     def predict(self: Any, requests: Any) -> None:  # pragma: no cover - never called directly
         raise RuntimeError("predq.predict runs through the batching strategy only")
+
+    def size_prefetch(sender: Any = None, **_: Any) -> None:
+        # The pool really started (``predq worker -c N``, celery's --concurrency) may differ
+        # from settings.worker_concurrency: size the prefetch from it, before the consumer
+        # bootstep reads the multiplier.
+        if getattr(sender, "app", None) is app and getattr(sender, "concurrency", None):
+            sender.prefetch_multiplier = prefetch_multiplier(settings, int(sender.concurrency))
+
+    signals.worker_init.connect(size_prefetch, weak=False, dispatch_uid=f"predq.prefetch.{id(app)}")
 
     if settings.preload_models:
         def on_worker_init(sender: Any = None, **_: Any) -> None:

@@ -29,7 +29,14 @@ from shared.ssrf import AllowList, BlockedAddress, Resolver, Target, UnsafeUrl, 
 from shared.store import VIEW_FIELDS, decode_fields
 from shared.views import job_json
 from shared.webhook_state import WebhookStore, begin, due_member, record
-from shared.webhooks import Outcome, event_for, headers, parse_retry_after, payload
+from shared.webhooks import (
+    Outcome,
+    event_for,
+    headers,
+    next_delay,
+    parse_retry_after,
+    payload,
+)
 
 log = logging.getLogger("predq.worker.webhooks")
 
@@ -120,7 +127,8 @@ class Deliverer:
 
     def deliver(self, job_id: str, event: str) -> str:
         """One attempt for (job, event), if one is due. Returns what happened, for logs and
-        tests: ``delivered``, ``retry``, ``failed``, or ``skipped: <why>``."""
+        tests: ``delivered``, ``retry``, ``failed``, ``deferred`` (the first attempt waits for
+        the schedule's first entry), or ``skipped: <why>``."""
         schedule = self.settings.webhook_retry_schedule_s
         for _ in range(_CAS_TRIES):
             job, raw_state = self._read(job_id)
@@ -132,9 +140,20 @@ class Deliverer:
                 self.client.zrem(self.keys.webhook_due(), due_member(job_id, event))
                 return f"skipped: a {job['status']} job does not send {event}"
             now = time.time()
-            state, why = begin(job["webhook_state"], job_id, event, now, self.lease_s, schedule)
+            # The schedule's first entry is the delay before the first attempt.
+            first = next_delay(0, schedule, None, self.rng) if raw_state is None else 0.0
+            state, why = begin(job["webhook_state"], job_id, event, now, self.lease_s, schedule,
+                               first_delay=first or 0.0)
             if state is None:
                 return f"skipped: {why}"
+            if why == "deferred":
+                written = self.store.cas(job_id, event, raw_state, state, due=state["next_at"],
+                                         dead="keep", now=now)
+                if written == -1:
+                    return "skipped: the job no longer exists"
+                if written == 1:
+                    return "deferred"
+                continue
             dead = why == "dead"
             due = None if dead else state["lease_until"]
             written = self.store.cas(job_id, event, raw_state, state, due=due,
@@ -152,7 +171,8 @@ class Deliverer:
         at = time.time()
         outcome = self.attempt(job, state["webhook_id"], event, at)
         now = time.time()
-        final, due, dead = record(state, outcome, at, now, schedule, self.rng)
+        expires_at = at + job["expires_in"] if job.get("expires_in") else None
+        final, due, dead = record(state, outcome, at, now, schedule, self.rng, expires_at)
         written = self.store.cas(job_id, event, orjson.dumps(state), final, due=due,
                                  dead="add" if dead else "rem", now=now)
         if written != 1:

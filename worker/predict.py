@@ -251,13 +251,63 @@ def _since(created_at: bytes | str, now: float) -> float:
 
 
 def build_frame(manifest: Manifest, columns: dict[str, np.ndarray]) -> Any:
-    """The model's input: a DataFrame when it was fitted with names, else a float matrix."""
+    """The model's input: a DataFrame when it was fitted with names, else a float matrix.
+
+    Each column's dtype follows from the manifest alone, never from the values (nor so from
+    the other jobs of a batch): a number is float64 (NaN when missing); an integer or
+    boolean feature that may be missing is pandas' nullable ``Int64`` / ``boolean`` (values
+    exact, missing as ``pd.NA``), else int64 / bool; a string is object (None when missing).
+    A float matrix holds missing integers and booleans as NaN.
+    """
     names = [f.name for f in manifest.features]
     if manifest.named_features:
         import pandas as pd
 
-        return pd.DataFrame({n: columns[n] for n in names}, columns=names, copy=False)
-    return np.column_stack([columns[n].astype(np.float64, copy=False) for n in names])
+        data = {f.name: _frame_column(f.type, _may_be_missing(manifest, f), columns[f.name])
+                for f in manifest.features}
+        return pd.DataFrame(data, columns=names, copy=False)
+    return np.column_stack([_float_column(columns[n]) for n in names])
+
+
+def _may_be_missing(manifest: Manifest, feature: Any) -> bool:
+    return manifest.accepts_missing or not feature.required
+
+
+def _split_mask(col: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The values in the feature's own dtype and the missing mask of one stacked column
+    (a float column, as older API versions stored missing integers, is converted back)."""
+    data = np.ma.getdata(col)
+    missing = np.ma.getmaskarray(col)
+    if data.dtype.kind == "f":
+        missing = missing | np.isnan(data)
+        data = np.where(missing, 0, data)
+    return data.astype(np.int64 if kind == "integer" else bool, copy=False), missing
+
+
+def _frame_column(kind: str, nullable: bool, col: np.ndarray) -> Any:
+    if kind not in ("integer", "boolean"):
+        return np.ma.getdata(col)
+    data, missing = _split_mask(col, kind)
+    if not nullable and not missing.any():
+        return data
+    import pandas as pd
+
+    if kind == "integer":
+        return pd.arrays.IntegerArray(data, missing)
+    return pd.arrays.BooleanArray(data, missing)
+
+
+def _float_column(col: np.ndarray) -> np.ndarray:
+    if isinstance(col, np.ma.MaskedArray):
+        return col.astype(np.float64).filled(np.nan)
+    return col.astype(np.float64, copy=False)
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    """One column of the batch from each job's; masks (missing values) are kept."""
+    if any(isinstance(p, np.ma.MaskedArray) for p in parts):
+        return np.ma.concatenate(parts)
+    return np.concatenate(parts)
 
 
 def _labels_follow_proba(estimator: Any) -> bool:
@@ -280,7 +330,7 @@ def predict_jobs(manifest: Manifest, estimator: Any,
                  ) -> list[bytes]:
     """One vectorized call (chunked at ``chunk_rows``) for all jobs; their outputs as JSON."""
     names = [f.name for f in manifest.features]
-    merged = {n: np.concatenate([cols[n] for _, cols in decoded]) for n in names}
+    merged = {n: _stack([cols[n] for _, cols in decoded]) for n in names}
     frame = build_frame(manifest, merged)
     total = sum(j.n_rows for j, _ in decoded)
     rows: list[bytes] = []
@@ -313,11 +363,39 @@ def _predict_rows(manifest: Manifest, estimator: Any, x: Any) -> list[bytes]:
     _check_len(proba, n)
     classes = estimator.classes_
     if _labels_follow_proba(estimator):
-        labels = classes.take(np.argmax(proba, axis=1))
+        labels = _labels_from_proba(estimator, x, proba, classes, manifest.named_features)
     else:
         labels = np.asarray(estimator.predict(x))
         _check_len(labels, n)
     return render.proba_rows(labels, proba, classes.tolist())
+
+
+#: Rows whose two highest probabilities are this close are asked of ``predict`` itself.
+_TIE_GAP = 1e-9
+
+
+def _labels_from_proba(estimator: Any, x: Any, proba: np.ndarray, classes: np.ndarray,
+                       named: bool) -> np.ndarray:
+    """The labels ``predict`` returns, from the probabilities where that is certain.
+
+    ``argmax(predict_proba)`` equals ``predict`` for these models except at a tie: binary
+    histogram gradient boosting decides by ``raw > 0``, and a raw score of 1e-17 gives
+    exactly [0.5, 0.5], where argmax picks the first class and ``predict`` the second.
+    Probabilities are monotone in the raw scores, so only (near-)tied rows can differ:
+    those few rows, and only those, go through the model's own ``predict``.
+    """
+    labels = classes.take(np.argmax(proba, axis=1))
+    if proba.ndim != 2 or proba.shape[1] < 2 or proba.shape[0] == 0:
+        return labels
+    top2 = np.partition(proba, -2, axis=1)[:, -2:]
+    tied = np.flatnonzero(top2[:, 1] - top2[:, 0] <= _TIE_GAP)
+    if tied.size:
+        part = x.iloc[tied] if named else x[tied]
+        exact = np.asarray(estimator.predict(part))
+        _check_len(exact, tied.size)
+        labels = labels.astype(np.result_type(labels.dtype, exact.dtype), copy=False)
+        labels[tied] = exact
+    return labels
 
 
 def _check_len(arr: np.ndarray, n: int) -> None:

@@ -41,7 +41,9 @@ def label_rows(labels: np.ndarray) -> list[bytes]:
 def proba_rows(labels: np.ndarray, proba: np.ndarray, classes: list[Any]) -> list[bytes]:
     """``{"label": l, "probabilities": {"<class>": p, ...}}`` per row."""
     k = len(classes)
-    keys = [orjson.dumps(str(c)) for c in classes]
+    # A class name is data, not format: a "%" in it ("50%", "%s") is escaped for the
+    # template (orjson already escapes quotes, backslashes and control characters).
+    keys = [orjson.dumps(str(c)).replace(b"%", b"%%") for c in classes]
     template = (b'{"label":%b,"probabilities":{'
                 + b",".join(key + b":%b" for key in keys) + b"}}")
     nums = _numbers(proba)

@@ -8,12 +8,15 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import joblib
@@ -46,6 +49,34 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def _holds_connection_from(pid: int, client_port: int) -> bool:
+    """Whether process ``pid`` owns a TCP socket connected to local port ``client_port``
+    (it accepted that client's connection), read from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == client_port:
+                    return True
+    return False
+
+
+def _accepts_connections(base: str) -> bool:
+    try:
+        httpx.get(f"{base}/healthz", timeout=2)
+    except httpx.ConnectError:
+        return False
+    return True
 
 
 def test_readyz_follows_the_workers(registry_with_models: Registry, env: dict[str, str],
@@ -137,19 +168,32 @@ def test_sigterm_drains_the_api(registry_with_models: Registry, start_api: Calla
     job = httpx.post(f"{base}/v1/models/iris/jobs", json={"inputs": iris_sample_rows(1)}).json()
     result: dict[str, Any] = {}
 
+    url = urlsplit(base)
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    client_port = sock.getsockname()[1]
+
     def long_poll() -> None:  # no worker: the job stays queued for the whole wait
         t0 = time.monotonic()
-        r = httpx.get(f"{base}/v1/jobs/{job['id']}", params={"wait": 3}, timeout=30)
-        result.update(status=r.status_code, body=r.json(), took=time.monotonic() - t0)
+        sock.sendall(f"GET /v1/jobs/{job['id']}?wait=3 HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        result.update(status=int(head.split()[1]), body=json.loads(body),
+                      took=time.monotonic() - t0)
 
     poller = threading.Thread(target=long_poll)
     poller.start()
-    time.sleep(0.8)  # the request is in flight
+    # the request is in flight: the API process holds the accepted connection
+    wait_for(lambda: _holds_connection_from(api.proc.pid, client_port), 10,
+             "the API to accept the long-poll")
     api.proc.send_signal(signal.SIGTERM)  # the process only, as Docker and Kubernetes do
-    time.sleep(0.5)
+    wait_for(lambda: not _accepts_connections(base), 10, "the API to stop accepting")
     with pytest.raises(httpx.ConnectError):  # no new connections once draining
         httpx.get(f"{base}/healthz", timeout=2)
     poller.join(timeout=20)
+    sock.close()
     assert result["status"] == 200 and result["body"]["status"] == "queued"
     assert result["took"] >= 2.9  # it was allowed to finish its wait
     # uvicorn re-raises the SIGTERM once it has shut down cleanly (its exit status says so).

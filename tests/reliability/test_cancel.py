@@ -22,13 +22,18 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.broker import wait_no_message
 from tests.helpers.killer import traced
 from tests.reliability.conftest import broker_state, diagnose, wait_until, xrows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 DELAY_S = 2.0
-ENV = {"PREDQ_MAX_WAIT_MS": "1500", "PREDQ_VISIBILITY_TIMEOUT_S": "60"}
+# The batch hard time limit (2 x 20 + 10 s) must stay below the visibility timeout.
+ENV = {"PREDQ_MAX_WAIT_MS": "1500", "PREDQ_VISIBILITY_TIMEOUT_S": "60",
+       "PREDQ_JOB_TIME_LIMIT_S": "20"}
+#: Bound of the polls that wait for a message to be consumed and acknowledged.
+SETTLE_S = 20.0
 
 
 def _predicted(trace: Path, x1: float) -> int:
@@ -42,6 +47,14 @@ def traced_model(push: Any, tmp_path: Path) -> Path:
     return trace
 
 
+def _assert_never_runs_again(settings_env: dict[str, str], job_id: str) -> None:
+    """The job's message is gone from the broker (consumed and acknowledged): no worker can
+    deliver it any more, so what the test asserts next cannot change later."""
+    places = wait_no_message(settings_env["PREDQ_REDIS_URL"],
+                             [settings_env["PREDQ_DEFAULT_QUEUE"]], [job_id], SETTLE_S)
+    assert not places[job_id], places
+
+
 def _assert_cancelled_without_outputs(api: Any, job_id: str) -> None:
     v = api.get(job_id)
     assert v["status"] == "cancelled", v
@@ -50,7 +63,8 @@ def _assert_cancelled_without_outputs(api: Any, job_id: str) -> None:
 
 
 def test_cancel_a_queued_job_it_never_runs(rstack: Any, start_api: Any, keys: dict[str, str],
-                                           traced_model: Path) -> None:
+                                           traced_model: Path,
+                                           settings_env: dict[str, str]) -> None:
     from tests.reliability.conftest import Api
 
     api = Api(start_api(extra_env=ENV), {"Authorization": f"Bearer {keys['user']}"})
@@ -61,7 +75,7 @@ def test_cancel_a_queued_job_it_never_runs(rstack: Any, start_api: Any, keys: di
         assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
         s = rstack(concurrency=1, **ENV)  # a worker now takes both messages
         assert s.api.wait_all([keep], 30)[keep]["status"] == "succeeded"
-        time.sleep(1.0)
+        _assert_never_runs_again(settings_env, victim)
         _assert_cancelled_without_outputs(api, victim)
         assert _predicted(traced_model, 501.0) == 0, traced(str(traced_model))
         assert _predicted(traced_model, 502.0) == 1
@@ -90,15 +104,13 @@ def test_cancel_a_job_buffered_in_a_worker_it_is_left_out_of_the_batch(
     views = api.wait_all([blocker, before, after], 30)
     bad = {j: v for j, v in views.items() if v["status"] != "succeeded"}
     assert not bad, diagnose(redis_url, settings_env["PREDQ_KEY_PREFIX"], bad)
-    time.sleep(1.0)
+    # its message was acknowledged: nothing will run it later
+    _assert_never_runs_again(settings_env, victim)
     _assert_cancelled_without_outputs(api, victim)
     calls = traced(str(traced_model))
     assert _predicted(traced_model, 602.0) == 0, calls
     # its neighbours were predicted together, in one call, without it
     assert any(601.0 in c and 603.0 in c for c in calls), calls
-    # and its message was acknowledged: nothing will run it later
-    assert wait_until(lambda: broker_state(redis_url, [victim])[victim] == "no unacked message",
-                      5)
 
 
 def test_cancel_a_running_job_its_result_is_discarded(
@@ -107,17 +119,19 @@ def test_cancel_a_running_job_its_result_is_discarded(
     api = s.api
     victim = api.submit("pause", xrows(3, x1=701.0))
     assert api.wait_status(victim, {"running"}, 20)["status"] == "running"
-    t0 = time.monotonic()
     r = api.delete(victim)
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
-    assert time.monotonic() - t0 < 1.0  # answered at once, not after the predict call
+    # answered at once, not after the predict call: the batch still holds its message
+    assert broker_state(redis_url, [victim])[victim].startswith("unacked"), \
+        broker_state(redis_url, [victim])
     # the predict call finishes anyway; its result must not land
     assert wait_until(lambda: _predicted(traced_model, 701.0) >= 1, 10)
     other = api.submit("pause", xrows(1, x1=702.0))  # runs after the victim's batch ended
     assert api.wait_all([other], 30)[other]["status"] == "succeeded"
-    for _ in range(3):
-        _assert_cancelled_without_outputs(api, victim)
-        time.sleep(0.3)
+    # the victim's batch has ended (the pool has one process) and its message is acked:
+    # the discarded result can never land later
+    _assert_never_runs_again(settings_env, victim)
+    _assert_cancelled_without_outputs(api, victim)
     api.assert_no_double_results()
 
 
@@ -151,7 +165,7 @@ def test_cancel_after_expires_a_job_still_queued(rstack: Any, traced_model: Path
     assert "outputs" not in views[late]
     assert views[late]["error"] and "cancel_after" in views[late]["error"]["message"]
     assert views[fine]["status"] == "succeeded", diagnose(redis_url, prefix, {fine: views[fine]})
-    time.sleep(0.5)
+    _assert_never_runs_again(settings_env, late)
     assert _predicted(traced_model, 801.0) == 0, traced(str(traced_model))
     assert api.get(late)["status"] == "expired"
     # an expired job cannot be cancelled any more
@@ -159,7 +173,8 @@ def test_cancel_after_expires_a_job_still_queued(rstack: Any, traced_model: Path
 
 
 def test_cancel_after_with_no_worker_at_all(start_api: Any, keys: dict[str, str],
-                                            traced_model: Path, rstack: Any) -> None:
+                                            traced_model: Path, rstack: Any,
+                                            settings_env: dict[str, str]) -> None:
     """No worker runs past the deadline: the job must not stay 'queued' forever in the
     client's eyes, and the worker that comes later must not predict it."""
     from tests.reliability.conftest import Api
@@ -167,9 +182,12 @@ def test_cancel_after_with_no_worker_at_all(start_api: Any, keys: dict[str, str]
     api = Api(start_api(extra_env=ENV), {"Authorization": f"Bearer {keys['user']}"})
     try:
         late = api.submit("pause", xrows(1, x1=901.0), cancel_after=0.5)
-        time.sleep(1.5)
+        deadline = time.time() + 0.5
+        # not synchronisation: the deadline is wall-clock time, so wait until it has passed
+        assert wait_until(lambda: time.time() > deadline + 0.2, 5)
         s = rstack(concurrency=1, **ENV)
         assert s.api.wait_all([late], 20)[late]["status"] == "expired"
+        _assert_never_runs_again(settings_env, late)
         assert _predicted(traced_model, 901.0) == 0
     finally:
         api.close()

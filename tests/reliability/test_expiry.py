@@ -17,11 +17,19 @@ from typing import Any
 import pytest
 import redis
 
-from tests.reliability.conftest import broker_state, irows, xrows
+from tests.reliability.conftest import broker_state, irows, wait_until, xrows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 TTL_S = 8
+
+
+def _wait_past(api: Any, job_ids: list[str], seconds: float) -> None:
+    """Wait (bounded) until ``seconds`` have passed since the latest ``created_at`` of the
+    jobs, as the API recorded it: the deadline is the jobs' own, not a guessed sleep."""
+    created = max(datetime.fromisoformat(api.get(j)["created_at"].replace("Z", "+00:00"))
+                  .timestamp() for j in job_ids)
+    assert wait_until(lambda: time.time() > created + seconds, seconds + 30, poll=0.05)
 
 
 def _scan(redis_url: str, pattern: str) -> list[str]:
@@ -48,33 +56,46 @@ def test_records_and_keys_expire_after_the_result_ttl(
         assert r.status_code == 202, r.text
         return str(r.json()["id"])
 
+    def check_expires_at(views: dict[str, dict[str, Any]], since: float) -> None:
+        """Each job shows when it expires, as read the moment it ended: not before it was
+        read, and no later than the TTL from now. (Checked per group as each ends: an
+        earlier group may be gone by the time a worker restart on a loaded machine ends.)"""
+        for v in views.values():
+            assert v["expires_at"] is not None, v
+            at = datetime.fromisoformat(v["expires_at"].replace("Z", "+00:00")).timestamp()
+            assert since - 1 <= at <= time.time() + TTL_S + 1.5, (v["expires_at"], v["status"])
+
     # warm the worker up (model loads), so that every job below ends well inside the TTL
+    t0 = time.time()
     warm = [api.submit("iris", irows(1)), api.submit("boom", xrows(1))]
-    assert {v["status"] for v in api.wait_all(warm, 30).values()} == {"succeeded"}
+    warm_views = api.wait_all(warm, 30)
+    assert {v["status"] for v in warm_views.values()} == {"succeeded"}
+    check_expires_at(warm_views, t0)
+    t0 = time.time()
     ids = [post("iris", irows(3, seed=i)) for i in range(30)]
     ids += [post("boom", [{"x1": -1.0, "x2": 0.0}]) for _ in range(3)]  # failed
     ids += [post("boom", xrows(2)) for _ in range(3)]
     views = api.wait_all(ids, 60)
     assert {v["status"] for v in views.values()} == {"succeeded", "failed"}
+    check_expires_at(views, t0)
     # cancelled and expired jobs: submitted while no worker runs
     s.workers[0].stop()
+    t0 = time.time()
     cancelled = [post("iris", irows(2)) for _ in range(3)]
     for j in cancelled:
-        assert api.delete(j).status_code == 200
+        r = api.delete(j)
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    # they ended now, at their cancellation (their TTL may run out before a worker is back)
+    check_expires_at({j: api.get(j) for j in cancelled}, t0)
     expired = [post("iris", irows(2), cancel_after=0.2) for _ in range(3)]
-    time.sleep(0.5)
+    _wait_past(api, expired, 0.3)  # their deadline passed while no worker ran
     s.add_worker(1)
-    views.update(api.wait_all(cancelled + expired, 30))
-    assert {views[j]["status"] for j in cancelled} == {"cancelled"}
+    t0 = time.time()
+    late_views = api.wait_all(expired, 30)
+    views.update(late_views)
     assert {views[j]["status"] for j in expired} == {"expired"}, [views[j] for j in expired]
+    check_expires_at(late_views, t0)
     all_ids = warm + ids + cancelled + expired
-    t_end = time.time()
-    # each job shows when it expires: no later than the TTL from now
-    for j in all_ids:
-        v = api.get(j)
-        assert v["expires_at"] is not None, v
-        at = datetime.fromisoformat(v["expires_at"].replace("Z", "+00:00")).timestamp()
-        assert t_end - 2 <= at <= time.time() + TTL_S + 1.5, (v["expires_at"], v["status"])
     assert _scan(redis_url, f"{prefix}:job:*") and _scan(redis_url, f"{prefix}:idem:*")
     # after the TTL: gone, with a clear 404, and nothing per job is left in Redis
     deadline = time.monotonic() + TTL_S + 10
@@ -110,7 +131,7 @@ def test_a_job_queued_longer_than_the_ttl_is_not_lost(
     try:
         waiting = [api.submit("iris", irows(5, seed=i)) for i in range(2)]  # queue now full
         assert api.post_job("iris", irows(1)).status_code == 429
-        time.sleep(5.5)  # no worker for longer than the TTL
+        _wait_past(api, waiting, 4.5)  # no worker for longer than the TTL
         s = rstack(concurrency=1, **env)
         # read each result as it ends (the result TTL counts from the end of the job)
         seen = {j: s.api.c.get(f"/v1/jobs/{j}", params={"wait": 10}, timeout=20)

@@ -27,22 +27,25 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.broker import wait_no_message
 from tests.helpers.killer import KILL_MARKER, traced
-from tests.reliability.conftest import diagnose, irows, job_hash, pool_pids, xrows
+from tests.reliability.conftest import diagnose, irows, job_hash, pool_pids, wait_until, xrows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 DELAY_S = 3.0
-VISIBILITY_S = 5
+TIME_LIMIT_S = 5
+#: Both must exceed the batch hard time limit, 2 x 5 + 5 s (checked at start-up).
+VISIBILITY_S = 16
+STUCK_AFTER_S = 18
 REAPER_S = 2
-STUCK_AFTER_S = 10
 MAX_DELIVERIES = 3
 ENV = {
     "PREDQ_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
     "PREDQ_REAPER_INTERVAL_S": str(REAPER_S),
     "PREDQ_STUCK_AFTER_S": str(STUCK_AFTER_S),
     "PREDQ_MAX_DELIVERIES": str(MAX_DELIVERIES),
-    "PREDQ_JOB_TIME_LIMIT_S": "8",
+    "PREDQ_JOB_TIME_LIMIT_S": str(TIME_LIMIT_S),
     "PREDQ_WORKER_HEARTBEAT_S": "1",
     # while the pool is busy, jobs arriving within 2 s are merged into one batch
     "PREDQ_MAX_WAIT_MS": "2000",
@@ -55,11 +58,12 @@ RECOVERY_S = float(os.environ.get("RELIABILITY_RECOVERY_S", 0)) or (
     max(VISIBILITY_S, STUCK_AFTER_S) + REAPER_S + 2 * DELAY_S + 25)
 
 
-def _batch_in_flight(s: Any, n: int = 5) -> tuple[str, list[str]]:
+def _batch_in_flight(s: Any, trace: Path, n: int = 5) -> tuple[str, list[str]]:
     """A blocker job runs; ``n`` jobs submitted meanwhile are buffered, then flushed together.
 
     Returns (blocker id, ids of the batch) once all ``n`` are ``running`` (claimed by one
-    batch, mid-predict). Job ``i`` of the batch has ``x1 == 100 + i`` in each of its rows.
+    batch) and the batch's predict call has begun (its line is in ``trace``). Job ``i`` of
+    the batch has ``x1 == 100 + i`` in each of its rows.
     """
     api = s.api
     blocker = api.submit("slow", xrows(1))
@@ -73,7 +77,8 @@ def _batch_in_flight(s: Any, n: int = 5) -> tuple[str, list[str]]:
         time.sleep(0.05)
     assert all(v["status"] == "running" for v in views), [v["status"] for v in views]
     assert api.get(blocker)["status"] == "succeeded"
-    time.sleep(0.5)  # well inside the 3 s predict call
+    # the predict call (3 s) has begun: the model logs each call as it enters it
+    assert wait_until(lambda: _calls_of(trace, 100.0) >= 1, 3 * DELAY_S + 10), traced(str(trace))
     return blocker, batch
 
 
@@ -87,8 +92,10 @@ def _assert_all_succeeded(s: Any, ids: list[str], settings_env: dict[str, str],
                      + diagnose(redis_url, settings_env["PREDQ_KEY_PREFIX"], bad))
     for j in ids:
         assert len(views[j]["outputs"]) == views[j]["n_inputs"]
-    # read everything again: the results must not change
-    time.sleep(1.0)
+    # read everything again once no message of these jobs is left in the broker (nothing can
+    # run them again): the results must not change
+    places = wait_no_message(redis_url, [settings_env["PREDQ_DEFAULT_QUEUE"]], ids, 60)
+    assert not any(places.values()), places
     s.api.reread(ids)
     s.api.reread(ids)
     s.api.assert_no_double_results()
@@ -107,7 +114,7 @@ def test_sigkill_of_the_pool_process_mid_batch(rstack: Any, push: Any, redis_url
     push("slow", "killer", delay=DELAY_S, trace=str(trace))
     s = rstack(concurrency=1, **ENV)
     worker = s.workers[0]
-    _, batch = _batch_in_flight(s)
+    _, batch = _batch_in_flight(s, trace)
     pids = pool_pids(worker)
     assert len(pids) == 1, f"expected one pool process of {worker.child.pid}, found {pids}"
     os.kill(pids[0], signal.SIGKILL)
@@ -133,7 +140,7 @@ def test_sigkill_of_the_whole_worker_mid_batch(rstack: Any, push: Any, redis_url
     trace = tmp_path / "trace.jsonl"
     push("slow", "killer", delay=DELAY_S, trace=str(trace))
     s = rstack(concurrency=1, **ENV)
-    _, batch = _batch_in_flight(s)
+    _, batch = _batch_in_flight(s, trace)
     # jobs still in the broker queue when the worker dies must not be lost either
     queued = [s.api.submit("slow", xrows(2)) for _ in range(3)]
     s.workers[0].kill()  # SIGKILL to the whole process group, as a crash or OOM would
@@ -167,7 +174,9 @@ def test_a_poison_job_is_failed_after_max_deliveries_instead_of_looping(
     # it does not loop: no further delivery, and the worker serves other jobs
     others = [api.submit("slow", xrows(2)), api.submit("iris", irows(2))]
     assert all(v["status"] == "succeeded" for v in api.wait_all(others, 30).values())
-    time.sleep(VISIBILITY_S + REAPER_S + 2)
+    # and no message of it is left anywhere in the broker, so nothing can deliver it again
+    places = wait_no_message(redis_url, [settings_env["PREDQ_DEFAULT_QUEUE"]], [poison], 30)
+    assert not places[poison], places
     assert int(job_hash(redis_url, prefix, poison)["deliveries"]) == MAX_DELIVERIES + 1
     assert api.get(poison)["status"] == "failed"
 

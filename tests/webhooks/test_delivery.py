@@ -268,3 +268,50 @@ def test_poison_jobs_send_job_failed(client: redis.Redis, receiver: ReceiverProc
     assert hit["verified"] and hit["body"]["type"] == "job.failed"
     assert hit["body"]["data"]["error"] == {"type": "PredictError", "message": "boom"}
     assert "outputs" not in hit["body"]["data"]
+
+
+def test_the_schedules_first_entry_delays_the_first_attempt(
+        client: redis.Redis, receiver: ReceiverProc) -> None:
+    """Entry i of PREDQ_WEBHOOK_RETRY_SCHEDULE_S is the delay before attempt i: entry 0 too."""
+    job_id = make_job(client, receiver.hook("ok"))
+    s = settings(webhook_retry_schedule_s=[30, 5])
+    d = Deliverer(client, s)
+    before = time.time()
+    assert d.deliver(job_id, "job.completed") == "deferred"
+    assert receiver.log() == []  # nothing sent yet
+    state = read(client, job_id)["webhook_state"]
+    assert state["state"] == "pending" and state["attempts"] == []
+    assert before + 30 * 0.8 <= state["next_at"] <= time.time() + 30 * 1.2
+    due = client.zscore(Keys(s.key_prefix).webhook_due(), due_member(job_id, "job.completed"))
+    assert due == pytest.approx(state["next_at"])  # the pump publishes it when due
+    # a duplicate of the first message does not attempt early
+    assert d.deliver(job_id, "job.completed").startswith("skipped")
+    # once due, the first attempt is made
+    raw = client.hget(Keys(s.key_prefix).job(job_id), "webhook_state")
+    client.hset(Keys(s.key_prefix).job(job_id), "webhook_state",
+                orjson.dumps({**orjson.loads(raw), "next_at": time.time() - 1}))
+    assert d.deliver(job_id, "job.completed") == "delivered"
+    assert len(receiver.log()) == 1
+
+
+def test_a_zero_first_entry_sends_at_once(client: redis.Redis, receiver: ReceiverProc) -> None:
+    job_id = make_job(client, receiver.hook("ok"))
+    assert Deliverer(client, settings(webhook_retry_schedule_s=[0, 5])).deliver(
+        job_id, "job.completed") == "delivered"
+
+
+def test_retries_due_after_the_job_expires_are_dropped_and_said(
+        client: redis.Redis, receiver: ReceiverProc) -> None:
+    job_id = make_job(client, receiver.hook("fail"))  # the receiver answers 500
+    client.expire(Keys(settings().key_prefix).job(job_id), 100)  # the job expires in 100 s
+    s = settings(webhook_retry_schedule_s=[0, 1, 3600, 7200])
+    d = Deliverer(client, s)
+    assert d.deliver(job_id, "job.completed") == "retry"  # next one in ~1 s: inside the TTL
+    raw = client.hget(Keys(s.key_prefix).job(job_id), "webhook_state")
+    client.hset(Keys(s.key_prefix).job(job_id), "webhook_state",
+                orjson.dumps({**orjson.loads(raw), "next_at": time.time() - 1}))
+    assert d.deliver(job_id, "job.completed") == "failed"  # the next would be after expiry
+    state = read(client, job_id)["webhook_state"]
+    assert state["state"] == "failed" and len(state["attempts"]) == 2
+    assert "after the job expires" in state["detail"] and "2 later attempt" in state["detail"]
+    assert client.zscore(Keys(s.key_prefix).webhook_dead(), job_id) is not None
