@@ -11,11 +11,23 @@ from predq.ops_cmd import demo, healthcheck
 from predq.procs_cmd import api, flower, up, worker
 from predq.settings_cmd import settings
 
+#: Commands that never join a running ``predq up`` stack (``up`` starts its own).
+_OWN_STACK = {"up"}
+
 
 @click.group()
 @click.version_option(__version__, prog_name="predq")
-def main() -> None:
-    """predq: queue-backed, micro-batching predictions for scikit-learn models."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """predq: queue-backed, micro-batching predictions for scikit-learn models.
+
+    While `predq up` runs, the other commands use its Redis and registry (from
+    PREDQ_HOME/up.json) unless PREDQ_REDIS_URL is set.
+    """
+    if ctx.invoked_subcommand not in _OWN_STACK:
+        from predq.stack import adopt_running_stack
+
+        adopt_running_stack()
 
 
 main.add_command(models)
