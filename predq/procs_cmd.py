@@ -330,6 +330,7 @@ def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None,
         "\n"
         "Other predq commands (models push, healthcheck...) use this stack's Redis and\n"
         "registry by themselves, from any directory, while it runs.\n"
+        f"{_path_hint()}"
         "\n"
         "Submit a job to the demo model:\n"
         f"  {curl.submit}\n"
@@ -338,6 +339,21 @@ def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None,
         "\n"
         "Press Ctrl-C to stop.\n"
     )
+
+
+def _path_hint() -> str:
+    """How to get ``predq`` on PATH in another terminal, when it is not there already."""
+    import shutil
+
+    here = Path(sys.executable).parent / "predq"
+    found = shutil.which("predq")
+    if not here.exists() or (found and Path(found).resolve() == here.resolve()):
+        return ""
+    activate = here.parent / "activate"
+    if activate.exists():
+        return (f"In another terminal, put predq on your PATH first:\n"
+                f"  source {shlex.quote(str(activate))}\n")
+    return f"In another terminal, run predq as {shlex.quote(str(here))}\n"
 
 
 def _supervise(sup: Supervisor, redis: RedisServer | None) -> None:

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     )
     registry_root: Path = Field(
         default_factory=_default_registry,
-        description="Directory of the model registry (default: `<PREDQ_HOME>/registry`).",
+        description="Directory of the model registry.",
     )
     key_prefix: str = Field(
         "predq", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key."
