@@ -117,8 +117,8 @@ def list_() -> None:
     if not infos:
         click.echo(f"No models registered in {_where(registry)}")
         return
-    click.echo(f"Registry {_where(registry)}")
     click.echo(_table(infos))
+    click.echo(f"\nRegistry {_where(registry)}")
 
 
 @models.command()

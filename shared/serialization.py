@@ -112,7 +112,7 @@ def _load_failure(path: Path, fmt: str, e: Exception) -> str:
     missing = _missing_class(e)
     if missing is not None:
         module, name = missing
-        if module == "__main__":
+        if module == "__main__" or module.endswith(".__main__"):
             return (
                 f"model file {path} needs the class {name!r}, which was defined in __main__ (a "
                 "notebook or a script) and so cannot be imported here. Move the class into a "
