@@ -118,6 +118,11 @@ def settings(as_markdown: bool, defaults: bool) -> None:
         table = effective_rows()
     except ValidationError as e:
         raise click.ClickException(f"invalid settings:\n{e}") from e
+    from predq.stack import adopted
+
     click.echo(f"{'VARIABLE':34} {'VALUE':30} {'SOURCE':8} MEANING")
     for var, value, source, meaning in table:
-        click.echo(f"{var:34} {value:30} {source:8} {meaning}")
+        short = "predq up" if source.startswith("predq up") else source
+        click.echo(f"{var:34} {value:30} {short:8} {meaning}")
+    if adopted:
+        click.echo(f"\npredq up: the running local stack, {next(iter(adopted.values()))}")

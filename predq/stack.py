@@ -81,7 +81,10 @@ def _alive(pid: object) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    try:  # a pid reused by another program after `up` was SIGKILLed is not the stack
+        return b"predq" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -44,8 +44,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 @pytest.fixture
 def other_process() -> Iterator[int]:
-    """The pid of a live process that is not this one (stands for a running `predq up`)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    """The pid of a live process that is not this one (stands for a running `predq up`: its
+    command line says predq)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "predq"])
     yield proc.pid
     proc.kill()
     proc.wait()
@@ -100,7 +101,8 @@ def test_commands_adopt_the_running_stack(home: Path, other_process: int) -> Non
     assert f"{home / 'up-registry'} (from predq up (pid {other_process}" in listed.output
     shown = cli("settings")
     line = next(x for x in shown.output.splitlines() if x.startswith("PREDQ_REDIS_URL "))
-    assert "redis://127.0.0.1:1/0" in line and "predq up (pid" in line
+    assert "redis://127.0.0.1:1/0" in line and line.split()[2:4] == ["predq", "up"]
+    assert f"predq up: the running local stack, predq up (pid {other_process}" in shown.output
 
 
 def test_an_explicit_redis_url_or_a_dead_stack_is_not_adopted(
@@ -118,6 +120,15 @@ def test_an_explicit_redis_url_or_a_dead_stack_is_not_adopted(
     get_settings.cache_clear()
     assert stack.adopt_running_stack() == {}
     assert "PREDQ_REDIS_URL" not in os.environ
+    # A live pid that is not predq (reused after `up` was SIGKILLed) is not the stack either.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        stack.write_private(path, json.dumps({"pid": other.pid, "redis_url": "redis://x:1/0"}))
+        if Path(f"/proc/{other.pid}/cmdline").exists():
+            assert stack.adopt_running_stack() == {}
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_up_refuses_to_start_beside_a_running_stack(home: Path, other_process: int) -> None:
