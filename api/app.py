@@ -30,6 +30,17 @@ listed under its tag below.
 """
 
 
+def _log_registry(registry: Registry) -> None:
+    """Say which registry this API serves (an unknown model's 404 never names the path)."""
+    try:
+        names = [info.name for info in registry.list_models()]
+    except Exception as e:
+        log.warning("model registry %s cannot be listed: %s", registry.root, e)
+        return
+    log.info("model registry %s: %s", registry.root,
+             ", ".join(names) if names else "no models yet (predq models push)")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; Redis and the other resources are opened in the lifespan."""
     settings = settings or get_settings()
@@ -48,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         for hook in app.state.predq_startup_hooks:
             hook(app.state.predq)
+        _log_registry(app.state.predq.registry)
         waiters.start()
         try:
             yield

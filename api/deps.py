@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.ratelimit import enforce as enforce_rate_limit
 from api.waiters import Waiters
-from shared.auth import ANONYMOUS, KeyRing, Principal
+from shared.auth import ANONYMOUS, KEY_PREFIX, KeyRing, Principal
 from shared.errors import Forbidden, ModelNotFound, PredqError, Unauthorized
 from shared.jobs import AsyncJobs, queue_position
 from shared.registry import Manifest, Registry
@@ -69,6 +69,21 @@ StateDep = Annotated[AppState, Depends(get_state)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer pq_...`")
 
 
+def _bad_authorization(header: str | None) -> str:
+    """Why an Authorization header is not a bearer key (never echoing the key itself)."""
+    usage = "send 'Authorization: Bearer <key>'"
+    if header is None or not header.strip():
+        return f"missing API key: {usage}"
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return f"the Authorization header says Bearer but holds no key: {usage}"
+    if not rest.strip():
+        what = "an API key" if scheme.startswith(KEY_PREFIX) else "a single word"
+        return (f"the Authorization header holds {what} without the 'Bearer' scheme: {usage}")
+    shown = scheme if len(scheme) <= 20 and scheme.isalnum() else "other"
+    return f"the Authorization scheme {shown!r} is not supported: {usage}"
+
+
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates the caller (before any body is read), counts the
     request against its key's rate limit (429), and checks scope (403)."""
@@ -78,12 +93,14 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
                   ) -> Principal:
         if not state.keyring.enabled:
             await enforce_rate_limit(state, request, None)  # per client IP
+            request.state.principal = ANONYMOUS
             return ANONYMOUS
         if creds is None or creds.scheme.lower() != "bearer":
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+            raise Unauthorized(_bad_authorization(request.headers.get("authorization")))
         principal = state.keyring.authenticate(creds.credentials)
         if principal is None:
             raise Unauthorized("unknown API key")
+        request.state.principal = principal  # read by api.problems (what a 404 may say)
         await enforce_rate_limit(state, request, principal.name)
         if scope not in principal.scopes and not principal.is_admin:
             raise Forbidden(f"this key lacks the {scope!r} scope")

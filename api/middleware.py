@@ -4,7 +4,8 @@ For every HTTP request it records ``predq_http_requests_total{method,route,statu
 ``predq_http_request_duration_seconds{method,route}``, and logs one line with the method, the
 route template, the status, the duration, a request id and, when the request concerns a job,
 its ``job_id``. Routes are labelled by their template (``/v1/jobs/{job_id}``), never by the raw
-path, so the number of series stays bounded; a request no route matched is ``unmatched``.
+path, so the number of series stays bounded; a request no route matched (a 404) is ``unmatched``.
+``/docs``, ``/redoc`` and ``/openapi.json`` are labelled by their path too.
 
 The request id is the client's ``X-Request-ID`` when it is a short token, else a new one; it is
 echoed in the response's ``X-Request-ID``. Never logged: headers, query strings, bodies.
@@ -75,7 +76,7 @@ class RequestMetrics:
     def _done(self, scope: Scope, seen: dict[str, Any], request_id: str, seconds: float
               ) -> None:
         route_obj = scope.get("route")
-        route = getattr(route_obj, "path", None) or "unmatched"
+        route = getattr(route_obj, "path", None) or _plain_route(scope) or "unmatched"
         method = scope.get("method", "GET")
         method = method if method in _METHODS else "OTHER"
         status = int(seen["status"])
@@ -94,6 +95,18 @@ class RequestMetrics:
         if job_id:
             extra["job_id"] = job_id
         log.log(level, "%s %s %d %.1fms", method, route, status, seconds * 1000, extra=extra)
+
+
+def _plain_route(scope: Scope) -> str | None:
+    """The template of a plain Starlette route (``/docs``, ``/openapi.json``): FastAPI adds
+    those with ``add_route``, whose match records the endpoint but not the route itself."""
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return None
+    for candidate in getattr(scope.get("app"), "routes", ()):
+        if getattr(candidate, "endpoint", None) is endpoint:
+            return getattr(candidate, "path", None)
+    return None
 
 
 def _request_id(scope: Scope) -> str:

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from shared.errors import PredqError, QueueFull
+from shared.errors import ModelNotFound, PredqError, QueueFull
 
 log = logging.getLogger("predq.api")
 
@@ -26,6 +26,36 @@ def problem(status: int, title: str, detail: str, *, errors: list[dict[str, Any]
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
 
 
+#: Most model names an unknown model's 404 lists.
+_MAX_LISTED_MODELS = 50
+
+
+def _unknown_model_detail(request: Request, detail: str) -> str:
+    """An unknown model's 404, for a caller who may read models: which models exist.
+
+    A key with ``models:read`` (or admin, or anyone when auth is off) learns the registered
+    names, as ``GET /v1/models`` would tell it; an admin also learns the registry directory.
+    Other keys get the bare detail: names and server paths are not theirs to see.
+    """
+    principal = getattr(request.state, "principal", None)
+    state = getattr(request.app.state, "predq", None)
+    if principal is None or state is None:
+        return detail
+    if "models:read" not in principal.scopes and not principal.is_admin:
+        return detail
+    try:
+        names = [info.name for info in state.registry.list_models()]
+    except Exception:  # the 404 stands on its own; a broken registry is logged elsewhere
+        return detail
+    shown = ", ".join(names[:_MAX_LISTED_MODELS])
+    if len(names) > _MAX_LISTED_MODELS:
+        shown += f", ... ({len(names)} in all)"
+    detail += f"; registered models: {shown}" if names else "; no model is registered"
+    if principal.is_admin:
+        detail += f" (registry {state.registry.root})"
+    return detail
+
+
 def _predq_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PredqError)
     headers = dict(exc.headers)
@@ -33,7 +63,10 @@ def _predq_error(request: Request, exc: Exception) -> Response:
         headers["Retry-After"] = str(exc.retry_after)
     if exc.status >= 500:
         log.error("server-side error: %s", exc, exc_info=exc)
-    return problem(exc.status, exc.title, exc.detail, errors=exc.errors, headers=headers)
+    detail = exc.detail
+    if isinstance(exc, ModelNotFound):
+        detail = _unknown_model_detail(request, detail)
+    return problem(exc.status, exc.title, detail, errors=exc.errors, headers=headers)
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:

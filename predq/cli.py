@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "batches": ("predq.client_cmd", "batches", False),
 }
 
+#: Commands that never join a running ``predq up`` stack (``up`` starts its own).
+_OWN_STACK = {"up"}
+
 
 class LazyGroup(click.Group):
     """A group whose commands are imported on first use (click's documented pattern)."""
@@ -65,5 +68,15 @@ def _needs_server(name: str, missing: str) -> click.Command:
 
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="predq")
-def main() -> None:
-    """predq: queue-backed, micro-batching predictions for scikit-learn models."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """predq: queue-backed, micro-batching predictions for scikit-learn models.
+
+    While `predq up` runs, the server commands use its Redis and registry (from
+    PREDQ_HOME/up.json) unless PREDQ_REDIS_URL is set.
+    """
+    name = ctx.invoked_subcommand
+    if name in COMMANDS and COMMANDS[name][2] and name not in _OWN_STACK:
+        from predq.stack import adopt_running_stack
+
+        adopt_running_stack()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import click
 from pydantic import ValidationError
 
-from shared.auth import key_spec, new_key
+from shared.auth import KEY_PREFIX, key_spec, new_key
 from shared.settings import ALL_SCOPES, ApiKeySpec
 
 #: Scopes a key gets when --scopes is not given: a client that submits and reads its jobs.
@@ -38,20 +39,46 @@ def _parse_scopes(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(scopes) or DEFAULT_SCOPES
 
 
-def dev_api_key() -> str | None:
-    """For ``predq up``: a fresh key with every scope, configured for the child processes.
+def dev_key_path(home: Path) -> Path:
+    """Where ``predq up`` keeps its development key: ``<PREDQ_HOME>/dev-key`` (0600)."""
+    from predq.stack import DEV_KEY_FILE
+
+    return Path(home) / DEV_KEY_FILE
+
+
+def _saved_key(path: Path) -> str | None:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return key if key.startswith(KEY_PREFIX) and len(key) > len(KEY_PREFIX) + 20 else None
+
+
+def dev_api_key(home: Path | None = None, *, new: bool = False) -> str | None:
+    """For ``predq up``: a key with every scope, configured for the child processes.
 
     Sets ``PREDQ_API_KEYS`` (the hash only) in this process's environment, which the children
     inherit, and returns the key for the banner. Returns None, changing nothing, when keys
     are already configured (``PREDQ_API_KEYS`` in the environment or ``.env``) or auth is off.
-    The key is valid for this run only: the next ``predq up`` makes another.
+
+    With ``home``, the key lasts: it is read from :func:`dev_key_path` (made there, 0600, the
+    first time, or when ``new``), so scripts keep working across restarts. The plaintext is
+    kept only in that file of the user's own predq directory; Redis, the API and the logs only
+    ever see its hash. Without ``home`` the key is for this run only and saved nowhere.
     """
+    from predq.stack import write_private
     from shared.settings import get_settings
 
     settings = get_settings()
     if "api_keys" in settings.model_fields_set or not settings.auth_enabled:
         return None
-    key = new_key()
+    key = None
+    if home is not None and not new:
+        key = _saved_key(dev_key_path(home))
+    if key is None:
+        key = new_key()
+        if home is not None:
+            write_private(dev_key_path(home), key + "\n")
     os.environ["PREDQ_API_KEYS"] = f"[{entry_json(key_spec(DEV_KEY_NAME, key, ALL_SCOPES))}]"
     get_settings.cache_clear()
     return key
@@ -97,3 +124,17 @@ def create(name: str, scope_values: tuple[str, ...], entry_only: bool) -> None:
     if not existing:
         click.echo(f"For example:  export PREDQ_API_KEYS='[{entry}]'")
     click.echo(f'Clients send:  -H "Authorization: Bearer {key}"')
+
+
+@keys.command("dev")
+def dev() -> None:
+    """Print the development key of `predq up` (e.g. KEY=$(predq keys dev))."""
+    from shared.settings import get_settings
+
+    path = dev_key_path(get_settings().home)
+    key = _saved_key(path)
+    if key is None:
+        raise click.ClickException(
+            f"no development key in {path}: `predq up` makes one the first time it runs "
+            "(unless PREDQ_API_KEYS is set, or with --ephemeral-key)")
+    click.echo(key)

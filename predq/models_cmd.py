@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from predq.inspect_cmd import inspect
-from shared.errors import PredqError
+from shared.errors import ModelNotFound, PredqError, VersionNotFound
 from shared.registry import ModelInfo, Registry
 from shared.settings import get_settings
 
@@ -22,12 +22,29 @@ def _registry() -> Registry:
     return Registry(get_settings().registry_root)
 
 
+def _where(registry: Registry) -> str:
+    """The registry's path, and why this one (e.g. the running ``predq up`` stack's)."""
+    from predq.stack import adopted
+
+    source = adopted.get("registry_root")
+    return f"{registry.root} ({'from ' + source if source else 'PREDQ_REGISTRY_ROOT'})"
+
+
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(registry: Registry | None = None) -> Iterator[None]:
     try:
         yield
     except PredqError as e:
-        raise click.ClickException(e.detail) from e
+        detail = e.detail
+        if registry is not None and isinstance(e, ModelNotFound | VersionNotFound):
+            detail += f"; registry {_where(registry)}"
+            if isinstance(e, ModelNotFound):
+                try:
+                    names = [i.name for i in registry.list_models()]
+                except PredqError:
+                    names = []
+                detail += f"; it holds: {', '.join(names)}" if names else "; it is empty"
+        raise click.ClickException(detail) from e
 
 
 @click.group()
@@ -80,8 +97,9 @@ def push(
     trusted_types: tuple[str, ...],
 ) -> None:
     """Register the fitted estimator in PATH as a new version of a model."""
-    with _errors():
-        manifest = _registry().push(
+    registry = _registry()
+    with _errors(registry):
+        manifest = registry.push(
             path,
             name,
             version=version,
@@ -95,6 +113,7 @@ def push(
         )
     alias_note = f" (aliases: {', '.join(aliases)})" if aliases else ""
     click.echo(f"Registered {manifest.name} version {manifest.version}{alias_note}")
+    click.echo(f"  in {registry.root / manifest.name / manifest.version}")
     click.echo(f"  {manifest.task}, {manifest.estimator}, {len(manifest.features)} features")
     click.echo(f"  sha256 {manifest.sha256}")
 
@@ -102,13 +121,14 @@ def push(
 @models.command("list")
 def list_() -> None:
     """List registered models: versions, aliases and default version."""
-    with _errors():
-        registry = _registry()
+    registry = _registry()
+    with _errors(registry):
         infos = registry.list_models()
     if not infos:
-        click.echo(f"No models registered in {registry.root}")
+        click.echo(f"No models registered in {_where(registry)}")
         return
     click.echo(_table(infos))
+    click.echo(f"\nRegistry {_where(registry)}")
 
 
 @models.command()
@@ -116,8 +136,9 @@ def list_() -> None:
 @click.option("--version", "version", help="A version or alias (default: the default version).")
 def show(name: str, version: str | None) -> None:
     """Print the manifest of a model version as JSON."""
-    with _errors():
-        manifest = _registry().resolve(name, version)
+    registry = _registry()
+    with _errors(registry):
+        manifest = registry.resolve(name, version)
     click.echo(manifest.model_dump_json(indent=2))
 
 
@@ -127,9 +148,10 @@ def show(name: str, version: str | None) -> None:
 @click.argument("version")
 def alias(name: str, alias: str, version: str) -> None:
     """Point ALIAS of model NAME at VERSION (e.g. promote a version to production)."""
-    with _errors():
-        _registry().set_alias(name, alias, version)
-    click.echo(f"{name}: {alias} -> {version}")
+    registry = _registry()
+    with _errors(registry):
+        registry.set_alias(name, alias, version)
+    click.echo(f"{name}: {alias} -> {version} (in {registry.root})")
 
 
 def _table(infos: list[ModelInfo]) -> str:

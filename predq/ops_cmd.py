@@ -44,7 +44,7 @@ def http_check(url: str, timeout: float) -> None:
 def worker_check(hostname: str | None) -> None:
     """Healthy when this worker's heartbeat in Redis is recent (it is consuming)."""
     from shared.keys import WORKER_ALIVE_BEATS, Keys
-    from shared.redis_conn import sync_client
+    from shared.redis_conn import display_url, sync_client
 
     settings = get_settings()
     name = hostname or f"celery@{socket.gethostname()}"
@@ -52,13 +52,16 @@ def worker_check(hostname: str | None) -> None:
     try:
         beat = client.zscore(Keys(settings.key_prefix).workers_alive(), name)
     except Exception as e:
-        click.echo(f"unhealthy: Redis: {type(e).__name__}: {e}", err=True)
+        click.echo(f"unhealthy: Redis at {display_url(settings.redis_url)}: "
+                   f"{type(e).__name__}: {e}", err=True)
         sys.exit(1)
     finally:
         client.close()
     window = WORKER_ALIVE_BEATS * settings.worker_heartbeat_s
     if beat is None or time.time() - beat > window:
-        click.echo(f"unhealthy: no heartbeat from {name} in the last {window:g}s", err=True)
+        click.echo(f"unhealthy: no heartbeat from {name} in the last {window:g}s (Redis "
+                   f"{display_url(settings.redis_url)}, key prefix {settings.key_prefix})",
+                   err=True)
         sys.exit(1)
     click.echo("ok")
 

@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 UP_STOP_GRACE_S = 15.0
 #: Seconds ``up`` waits for the API's /healthz after starting it.
 UP_READY_TIMEOUT_S = 90.0
-#: Where ``up`` keeps its own Redis's data (an append-only file), relative to the cwd.
-UP_REDIS_DIR = Path(".predq/redis")
+#: Where ``up`` keeps its own Redis's data (an append-only file), under PREDQ_HOME: the
+#: same whatever the current directory, so jobs and results survive a restart.
+UP_REDIS_DIR = "redis"
 
 DEMO_INPUT = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
@@ -277,6 +278,17 @@ def _register_demo(settings: Settings) -> None:
 UP_FLOWER_USER = "predq"
 
 
+def _refuse_second_stack(settings: Settings) -> None:
+    from predq.stack import read_state, state_path
+
+    state = read_state(settings.home)
+    if state is not None:
+        raise click.UsageError(
+            f"predq up is already running (pid {state.get('pid')}, API {state.get('api_url')}; "
+            f"see {state_path(settings.home)}). Stop it first, or give this one its own "
+            "PREDQ_HOME.")
+
+
 def _start_children(
     sup: Supervisor, host: str, port: int, flower_port: int, settings: Settings
 ) -> tuple[str, str | None]:
@@ -309,22 +321,30 @@ def _start_children(
 
 
 def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None,
-                  api_key: str | None = None, flower_auth: str | None = None) -> None:
+                  api_key: str | None = None, key_file: Path | None = None,
+                  settings: Settings | None = None,
+                  flower_auth: str | None = None) -> None:
+    from shared.redis_conn import display_url
+
+    settings = settings or get_settings()
     curl = demo_curl(base_url, api_key)
+    if api_key and key_file is not None:
+        key_note = (f"          (the development key, every scope; kept across restarts in\n"
+                    f"          {key_file} (0600): `predq keys dev` prints it)\n")
+    else:
+        key_note = ("          (a development key with every scope, for this run only; set\n"
+                    "          PREDQ_API_KEYS to use your own: see `predq keys create`)\n")
+    key_line = f"  Key     {api_key}\n{key_note}" if api_key else ""
     flower_login = (
         f"  Flower login  {flower_auth}  (user:password of its UI and HTTP API, for this run;\n"
         "          set PREDQ_FLOWER_BASIC_AUTH=user:password to choose them)\n"
         if flower_auth else
         "  Flower login  PREDQ_FLOWER_BASIC_AUTH (its UI and HTTP API)\n"
     )
-    key_line = (f"  Key     {api_key}\n"
-                "          (a development key with every scope, for this run only; set\n"
-                "          PREDQ_API_KEYS to use your own: see `predq keys create`)\n"
-                if api_key else "")
     redis_line = (
         f"{redis.url} (started by predq up, data in {redis.dir})"
         if redis is not None
-        else f"{get_settings().redis_url} (PREDQ_REDIS_URL)"
+        else f"{display_url(settings.redis_url)} (PREDQ_REDIS_URL)"
     )
     click.echo(
         "\n"
@@ -334,7 +354,12 @@ def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None,
         f"  Flower  {flower_url}\n"
         f"{flower_login}"
         f"  Redis   {redis_line}\n"
+        f"  Models  {settings.registry_root} (PREDQ_REGISTRY_ROOT)\n"
         f"{key_line}"
+        "\n"
+        "Other predq commands (models push, healthcheck...) use this stack's Redis and\n"
+        "registry by themselves, from any directory, while it runs.\n"
+        f"{_path_hint()}"
         "\n"
         "Submit a job to the demo model:\n"
         f"  {curl.submit}\n"
@@ -343,6 +368,21 @@ def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None,
         "\n"
         "Press Ctrl-C to stop.\n"
     )
+
+
+def _path_hint() -> str:
+    """How to get ``predq`` on PATH in another terminal, when it is not there already."""
+    import shutil
+
+    here = Path(sys.executable).parent / "predq"
+    found = shutil.which("predq")
+    if not here.exists() or (found and Path(found).resolve() == here.resolve()):
+        return ""
+    activate = here.parent / "activate"
+    if activate.exists():
+        return (f"In another terminal, put predq on your PATH first:\n"
+                f"  source {shlex.quote(str(activate))}\n")
+    return f"In another terminal, run predq as {shlex.quote(str(here))}\n"
 
 
 def _supervise(sup: Supervisor, redis: RedisServer | None) -> None:
@@ -382,12 +422,24 @@ def _shutdown(sup: Supervisor, redis: RedisServer | None) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--flower-port", default=5555, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--no-demo", is_flag=True, help="Do not register the demo model.")
-def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
-    """Run the whole stack in the foreground: Redis, the API, a worker and Flower."""
-    from predq.keys_cmd import dev_api_key
+@click.option("--new-key", is_flag=True,
+              help="Replace the saved development key (PREDQ_HOME/dev-key) with a new one.")
+@click.option("--ephemeral-key", is_flag=True,
+              help="Use a development key for this run only; save nothing.")
+def up(host: str, port: int, flower_port: int, no_demo: bool, new_key: bool,
+       ephemeral_key: bool) -> None:
+    """Run the whole stack in the foreground: Redis, the API, a worker and Flower.
+
+    Redis data, the state file other commands read (up.json) and the development key live in
+    PREDQ_HOME; the registry is PREDQ_REGISTRY_ROOT.
+    """
+    from predq.keys_cmd import dev_api_key, dev_key_path
     from predq.procs import ChildExited, Supervisor
     from predq.redis_server import RedisServer, RedisServerError
+    from predq.stack import remove_state, write_state
 
+    home = get_settings().home
+    _refuse_second_stack(get_settings())
     _check_port_free(host, port, "--port")
     _check_port_free(host if _is_loopback(host) else "127.0.0.1", flower_port, "--flower-port")
     sup = Supervisor()
@@ -398,9 +450,11 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
             # PREDQ_REDIS_URL set in the environment or in .env: use it, start no Redis.
             if "redis_url" not in get_settings().model_fields_set:
                 # Assigned before start() so that a Ctrl-C during the start still stops it.
-                redis = RedisServer(dir=UP_REDIS_DIR, appendonly=True)
+                redis = RedisServer(dir=home / UP_REDIS_DIR, appendonly=True)
                 _start_redis(redis)
-            api_key = dev_api_key()  # None when PREDQ_API_KEYS is set or auth is off
+            # None when PREDQ_API_KEYS is set or auth is off
+            api_key = dev_api_key(None if ephemeral_key else home, new=new_key)
+            key_file = dev_key_path(home) if api_key and not ephemeral_key else None
             settings = get_settings()
             if not no_demo:
                 _register_demo(settings)
@@ -409,7 +463,10 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
             base_url = f"http://{_url_host(host)}:{port}"
             flower_url = f"http://{_url_host(flower_address)}:{flower_port}"
             _wait_ready(sup, base_url, flower_url)
-            _print_banner(base_url, flower_url, redis, api_key, flower_auth)
+            write_state(home, redis_url=settings.redis_url, api_url=base_url,
+                        flower_url=flower_url, registry_root=str(settings.registry_root),
+                        key_prefix=settings.key_prefix)
+            _print_banner(base_url, flower_url, redis, api_key, key_file, settings, flower_auth)
             _supervise(sup, redis)
         except (KeyboardInterrupt, _StopRequested):
             click.echo("\npredq up: stopping...", err=True)
@@ -417,6 +474,7 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
             click.echo(f"predq up: {e}; stopping everything", err=True)
             code = 1
         finally:
+            remove_state(home)
             _shutdown(sup, redis)
     if code:
         sys.exit(code)

@@ -124,3 +124,10 @@ def celery_transport_options(settings: Settings) -> dict[str, Any]:
     if settings.redis_sentinel_password:
         opts["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
     return opts
+
+
+def display_url(url: str) -> str:
+    """``url`` fit for messages and logs: any password replaced by ``***``."""
+    import re
+
+    return re.sub(r"(?<=://)([^@/;]*?):[^@/;]*@", r"\1:***@", url)

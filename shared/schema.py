@@ -196,9 +196,13 @@ class ModelSchema:
         rows: list[dict[str, Any]] = obj.inputs
         if len(rows) > self.max_rows:
             raise InvalidInput(
-                f"{len(rows)} rows exceed the limit of {self.max_rows} rows per job",
+                f"{len(rows)} rows exceed the limit of {self.max_rows} rows per job "
+                "(PREDQ_MAX_ROWS_PER_JOB): split them into several jobs, or send them as a "
+                "batch file (POST /v1/files, then POST "
+                f"/v1/models/{self.manifest.name}/batches)",
                 errors=[{"loc": ["body", "inputs"], "type": "too_long",
-                         "msg": f"at most {self.max_rows} rows per job"}],
+                         "msg": f"at most {self.max_rows} rows per job "
+                                "(PREDQ_MAX_ROWS_PER_JOB)"}],
             )
         metadata = obj.metadata
         if metadata is not None and len(orjson.dumps(metadata)) > self.max_metadata_bytes:

@@ -68,9 +68,84 @@ def load_estimator(
         except RegistryError:
             raise
         except Exception as e:  # unpickling runs arbitrary code: anything can go wrong
-            raise RegistryError(
-                f"cannot load model file {path} ({fmt}): {type(e).__name__}: {e}"
-            ) from e
+            raise RegistryError(_load_failure(path, fmt, e)) from e
+
+
+#: First bytes of the files a joblib load may meet, and what to call them.
+_MAGIC = (
+    (b"\x80", "a pickle"),
+    (b"\x78", "a zlib-compressed joblib file"),
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"BZh", "a bz2-compressed file"),
+    (b"\xfd7zXZ", "an xz-compressed file"),
+    (b"\x04\x22\x4d\x18", "an lz4-compressed file"),
+    (b"PK\x03\x04", "a ZIP archive (a .skops file? pass --format skops)"),
+    (b"\x93NUMPY", "a NumPy .npy array, not a model"),
+    (b"\x89HDF", "an HDF5 file (a Keras model?), not a scikit-learn model"),
+)
+
+
+def describe_file(path: Path) -> str:
+    """What the file at ``path`` looks like, from its first bytes (for error messages)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if not head:
+        return "an empty file"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file of an unknown kind"
+    first = text.lstrip().splitlines()[0] if text.strip() else ""
+    kind = ("a JSON file" if first[:1] in "{[" and first else
+            "a CSV file" if "," in first else "a text file")
+    return f"{kind} (it starts with {first[:40]!r})"
+
+
+def _load_failure(path: Path, fmt: str, e: Exception) -> str:
+    """The message of a model file that cannot be loaded, with the usual fix when known."""
+    missing = _missing_class(e)
+    if missing is not None:
+        module, name = missing
+        if module == "__main__" or module.endswith(".__main__"):
+            return (
+                f"model file {path} needs the class {name!r}, which was defined in __main__ (a "
+                "notebook or a script) and so cannot be imported here. Move the class into a "
+                "module (e.g. my_models.py), import it from there, fit and save the model "
+                "again, and make that module importable by `predq models push` and by the "
+                "workers (pip install it, or put its directory on PYTHONPATH)"
+            )
+        needed = f"the module {module!r}" if name == "*" else f"{module}.{name}"
+        return (
+            f"model file {path} needs {needed}, which cannot be imported here "
+            f"({type(e).__name__}: {e}). Make the module {module!r} importable by `predq "
+            "models push` and by the workers (pip install it, or put its directory on "
+            "PYTHONPATH)"
+        )
+    what = describe_file(path)
+    if fmt == "joblib" and not what.startswith(("a pickle", "a zlib", "a gzip", "a bz2",
+                                                 "an xz", "an lz4")):
+        return (f"model file {path} is not a joblib file: it is {what}. Push the file that "
+                "joblib.dump(model, path) wrote")
+    return f"cannot load model file {path} ({fmt}, {what}): {type(e).__name__}: {e}"
+
+
+def _missing_class(e: Exception) -> tuple[str, str] | None:
+    """(module, name) when unpickling failed because a class or its module is missing."""
+    import re
+
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        return e.name, "*"
+    if isinstance(e, AttributeError):
+        m = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(e))
+        if m:
+            return m.group(2), m.group(1)
+    return None
 
 
 def dump_estimator(estimator: Any, path: Path, fmt: str) -> None:

@@ -23,6 +23,20 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: The .env file settings are read from (relative to the current directory).
+ENV_FILE = ".env"
+
+
+def default_home() -> Path:
+    """predq's own directory when ``PREDQ_HOME`` is unset: ``$XDG_DATA_HOME/predq``, else
+    ``~/.local/share/predq``. The same whatever the current directory."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "predq"
+
+
+def _default_registry() -> Path:
+    return default_home() / "registry"
 
 
 Scope = Literal["jobs:write", "jobs:read", "models:read", "admin"]
@@ -43,15 +57,21 @@ class Settings(BaseSettings):
     """Every ``PREDQ_`` setting, with a default that works out of the box on one machine."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PREDQ_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="PREDQ_", env_file=ENV_FILE, extra="ignore", frozen=True
     )
 
     # -- where things are ----------------------------------------------------------
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss:// or sentinel://)."
     )
+    home: Path = Field(
+        default_factory=default_home,
+        description="predq's own directory: the default registry, and `predq up`'s Redis data, "
+        "state file (`up.json`) and development key (`dev-key`).",
+    )
     registry_root: Path = Field(
-        Path(".predq/registry"), description="Directory of the model registry."
+        default_factory=_default_registry,
+        description="Directory of the model registry.",
     )
     key_prefix: str = Field(
         "predq", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
@@ -226,6 +246,20 @@ class Settings(BaseSettings):
                 "PREDQ_STUCK_AFTER_S or lower PREDQ_JOB_TIME_LIMIT_S.")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _registry_under_home(cls, data: object) -> object:
+        """An explicit PREDQ_HOME moves the default registry along with it."""
+        if isinstance(data, dict) and data.get("home") and not data.get("registry_root"):
+            data = {**data, "registry_root": Path(data["home"]).expanduser() / "registry"}
+        return data
+
+    @field_validator("home", "registry_root")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        """Absolute, so that every message names the same directory from any cwd."""
+        return v.expanduser().absolute()
+
     @field_validator("webhook_secrets", "webhook_allow_hosts", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
@@ -299,3 +333,23 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, built once from the environment."""
     return Settings()
+
+
+def setting_sources(env_file: str | Path | None = ENV_FILE) -> dict[str, str]:
+    """Where each explicitly set setting comes from: field name -> ``"env"`` or ``".env"``.
+
+    Settings absent from the result have their default. The environment wins over ``.env``,
+    as in :class:`Settings`; names are matched case-insensitively, as pydantic-settings does.
+    """
+    fields = {f"PREDQ_{name}".upper(): name for name in Settings.model_fields}
+    sources: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        for var, value in dotenv_values(env_file).items():
+            if value is not None and var.upper() in fields:
+                sources[fields[var.upper()]] = ".env"
+    for var in os.environ:
+        if var.upper() in fields:
+            sources[fields[var.upper()]] = "env"
+    return sources

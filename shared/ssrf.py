@@ -16,7 +16,8 @@ An address is allowed when it is globally routable: not loopback, private, link-
 100.64.0.0/10), IPv4-mapped IPv6, multicast, unspecified or reserved, and no IPv6 form that
 embeds a non-global IPv4 address (6to4, NAT64; Teredo is refused outright). The allow-list
 (``PREDQ_WEBHOOK_ALLOW_HOSTS``: host names or CIDRs, empty by default) exempts local
-receivers for development and tests.
+receivers for development and tests. Allowing a loopback address (``127.0.0.1``) also allows
+the name ``localhost``, connected to through its allowed loopback addresses only.
 """
 
 from __future__ import annotations
@@ -72,6 +73,19 @@ class AllowList:
 
     def allows_ip(self, ip: IPAddress) -> bool:
         return any(ip.version == net.version and ip in net for net in self.networks)
+
+    def allows_loopback(self) -> bool:
+        """Whether a loopback address (127.0.0.1 or ::1) is allowed: then so is ``localhost``,
+        which names nothing else (RFC 6761), reached at an allowed loopback address."""
+        return any(self.allows_ip(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1"))
+
+
+_HINT = ("webhooks must reach a public address (for a local receiver in development, add it "
+         "to PREDQ_WEBHOOK_ALLOW_HOSTS, e.g. 127.0.0.1)")
+
+
+def _is_loopback_name(host: str) -> bool:
+    return host.lower() == "localhost" or host.lower().endswith(".localhost")
 
 
 def refusal_reason(ip: IPAddress) -> str | None:
@@ -159,13 +173,15 @@ def check_url(url: str, allow: AllowList) -> None:
     _, host, _ = _split(url)
     if allow.allows_name(host):
         return
-    if host == "localhost" or host.endswith(".localhost"):
-        raise UnsafeUrl(f"{host!r} is a loopback name; webhooks must reach a public address")
+    if _is_loopback_name(host):
+        if allow.allows_loopback():
+            return
+        raise UnsafeUrl(f"{host!r} is a loopback name; {_HINT}")
     ip = _literal_ip(host)
     if ip is not None and not allow.allows_ip(ip):
         reason = refusal_reason(ip)
         if reason is not None:
-            raise UnsafeUrl(f"{ip} is {reason}; webhooks must reach a public address")
+            raise UnsafeUrl(f"{ip} is {reason}; {_HINT}")
 
 
 def resolve(url: str, allow: AllowList, resolver: Resolver = socket.getaddrinfo) -> Target:
@@ -187,7 +203,13 @@ def resolve(url: str, allow: AllowList, resolver: Resolver = socket.getaddrinfo)
                 addresses.append(ip)
         if not addresses:
             raise socket.gaierror(f"{host} resolved to no address")
-    if not allow.allows_name(host):
+    if _is_loopback_name(host) and not allow.allows_name(host):
+        # Only the allowed loopback addresses of localhost (e.g. 127.0.0.1, not ::1).
+        addresses = [ip for ip in addresses if ip.is_loopback and allow.allows_ip(ip)]
+        if not addresses:
+            raise BlockedAddress(f"{host} resolves to no allowed loopback address: refused by "
+                                 "the SSRF guard (see PREDQ_WEBHOOK_ALLOW_HOSTS)")
+    elif not allow.allows_name(host):
         for ip in addresses:
             reason = None if allow.allows_ip(ip) else refusal_reason(ip)
             if reason is not None:

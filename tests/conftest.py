@@ -84,6 +84,19 @@ def pytest_runtest_makereport(
 # -- Redis and settings -------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_predq_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test, nor any process it starts, touches the real ~/.local/share/predq (the default
+    PREDQ_HOME: registry, dev key, the state file of a running `predq up`)."""
+    saved = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
     """No test sees settings cached from another test's environment."""

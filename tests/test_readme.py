@@ -34,3 +34,36 @@ def test_every_predq_command_in_the_readme_exists() -> None:
         args = [cmd, sub] if cmd == "models" and sub else [cmd]
         subprocess.run([sys.executable, "-m", "predq", *args, "--help"], check=True,
                        capture_output=True, timeout=60)
+
+
+def test_every_relative_link_and_image_exists() -> None:
+    targets = re.findall(r"!?\[[^\]]*\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text())
+    relative = [t for t in targets if not re.match(r"[a-z]+://", t)]
+    assert "docs/img/flower-tasks.png" in relative
+    assert [t for t in relative if not (ROOT / t).exists()] == []
+
+
+def test_the_webhook_id_is_what_the_readme_says() -> None:
+    from shared.webhooks import webhook_id
+
+    text = README.read_text()
+    job_id = "1a3503d8-e5f0-4c7b-9d3a-2b1c0f9e8d7c"
+    assert "`msg_<job id without its dashes>_<completed\\|failed>`" in text
+    assert webhook_id(job_id, "job.completed") == "msg_1a3503d8e5f04c7b9d3a2b1c0f9e8d7c_completed"
+    assert f"`{webhook_id(job_id, 'job.completed')}`" in text
+
+
+def test_the_readme_lists_predict_failures_and_models_alias() -> None:
+    text = README.read_text()
+    section = text[text.index("**Status codes of `POST /predict` when the job ran and failed**"):]
+    section = section[:section.index("Numbers are strict")]
+    for fragment in ("`422`", "PredictError", "`503`", "ModelLoadError", "`409`"):
+        assert fragment in section
+    assert "predq models alias NAME ALIAS VERSION" in text
+
+
+def test_the_quick_start_puts_predq_on_the_path_before_using_it() -> None:
+    text = README.read_text()
+    activate = text.index("source .venv/bin/activate")
+    first_use = min(m.start() for m in re.finditer(r"\$\(predq |^predq (?!serves)", text, re.M))
+    assert text.index("./scripts/up") < activate < first_use

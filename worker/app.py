@@ -52,8 +52,9 @@ class _ProcessState:
         try:
             infos = registry.list_models()
         except Exception as e:
-            log.warning("cannot list the registry to preload models: %s", e)
+            log.warning("cannot list the registry %s to preload models: %s", registry.root, e)
             return
+        log.info("model registry %s: %d model(s)", registry.root, len(infos))
         for info in infos[: settings.model_cache_size]:
             if queues is not None and settings.queue_for(info.name) not in queues:
                 continue

@@ -114,13 +114,14 @@ def test_up_serves_the_demo_and_stops_everything(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREDQ_")}
     env.update(
         PREDQ_REGISTRY_ROOT=str(tmp_path / "registry"),
+        PREDQ_HOME=str(tmp_path / "home"),  # its Redis data, state file and dev key
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
         PYTHONUNBUFFERED="1",
     )
     up = subprocess.Popen(
         [sys.executable, "-m", "predq", "up", "--port", str(port),
          "--flower-port", str(flower_port)],
-        cwd=tmp_path,  # its Redis data goes to tmp_path/.predq/redis
+        cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -197,3 +198,95 @@ def _stop_everything(up: subprocess.Popen[bytes], groups: set[int]) -> None:
     for pgid in groups:
         if group_pids(pgid):
             os.killpg(pgid, signal.SIGKILL)
+
+
+CHURN_SCRIPT = """
+import joblib
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+X = pd.DataFrame({"tenure": [1, 5, 20, 40, 3, 60], "monthly": [70.0, 50.5, 30.2, 20.0, 90.1, 25.3]})
+joblib.dump(LogisticRegression().fit(X, [1, 1, 0, 0, 1, 0]), "churn.joblib")
+"""
+
+
+def _start_up(cwd: Path, env: dict[str, str], port: int, flower_port: int, log: Path
+              ) -> tuple[subprocess.Popen[bytes], Output]:
+    up = subprocess.Popen(
+        [sys.executable, "-m", "predq", "up", "--port", str(port),
+         "--flower-port", str(flower_port), "--no-demo"],
+        cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    assert up.stdout is not None
+    return up, Output(up.stdout, log)
+
+
+@pytest.mark.timeout(600)
+def test_a_model_pushed_from_another_directory_is_served_by_up(tmp_path: Path) -> None:
+    """The first hour: `predq up` in the clone; in another directory, with nothing exported,
+    push a model, check the worker, predict with the saved key; restart, same key."""
+    xdg = tmp_path / "xdg"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREDQ_")}
+    env.update(
+        XDG_DATA_HOME=str(xdg),  # the default PREDQ_HOME is $XDG_DATA_HOME/predq
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
+        PYTHONUNBUFFERED="1",
+    )
+    clone, elsewhere = tmp_path / "clone", tmp_path / "elsewhere"
+    clone.mkdir()
+    elsewhere.mkdir()
+    home = xdg / "predq"
+
+    def predq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "predq", *args], cwd=elsewhere, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    port, flower_port = free_port(), free_port()
+    up, output = _start_up(clone, env, port, flower_port, tmp_path / "up.log")
+    groups: set[int] = set()
+    try:
+        banner = output.wait_for_banner(up, timeout=180)
+        groups = {os.getpgid(pid) for pid in child_pids(up.pid)}
+        assert (home / "up.json").is_file()
+
+        subprocess.run([sys.executable, "-c", CHURN_SCRIPT], cwd=elsewhere, env=env,
+                       check=True, timeout=120)
+        pushed = predq("models", "push", "churn.joblib", "--name", "churn")
+        assert pushed.returncode == 0, pushed.stderr
+        assert str(home / "registry" / "churn" / "1") in pushed.stdout
+        assert not (elsewhere / ".predq").exists()  # the registry did not follow the cwd
+        key = predq("keys", "dev").stdout.strip()
+        assert key.startswith("pq_")
+
+        deadline = time.monotonic() + 90  # the worker's first heartbeat, via up's Redis
+        while (check := predq("healthcheck", "worker")).returncode != 0:
+            assert time.monotonic() < deadline, check.stderr
+            time.sleep(1)
+        assert check.stdout.strip() == "ok"
+
+        with httpx.Client(base_url=banner["API"], timeout=60, trust_env=False) as client:
+            r = client.post("/v1/models/churn/predict", params={"wait": 30},
+                            json={"inputs": [{"tenure": 2, "monthly": 80.0}]},
+                            headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+            assert r.json()["outputs"][0]["label"] == 1
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=90) == 0, tail_file(output.log, 80)
+        assert not (home / "up.json").exists()  # removed on exit
+
+        # A restart keeps the key: saved scripts keep working.
+        up, output = _start_up(clone, env, port, flower_port, tmp_path / "up2.log")
+        banner = output.wait_for_banner(up, timeout=180)
+        groups |= {os.getpgid(pid) for pid in child_pids(up.pid)}
+        with httpx.Client(base_url=banner["API"], timeout=60, trust_env=False) as client:
+            r = client.get("/v1/models/churn", headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=90) == 0, tail_file(output.log, 80)
+    except BaseException:
+        print(f"--- predq up output ({output.log}) ---\n{tail_file(output.log, 150)}")
+        raise
+    finally:
+        _stop_everything(up, groups)

@@ -119,7 +119,16 @@ def test_body_shape_errors(raw: bytes, loc: list[Any], etype: str) -> None:
 def test_too_many_rows() -> None:
     errs = errors_of(body([row()] * 6))
     assert errs == [{"loc": ["body", "inputs"], "type": "too_long",
-                     "msg": "at most 5 rows per job"}]
+                     "msg": "at most 5 rows per job (PREDQ_MAX_ROWS_PER_JOB)"}]
+
+
+def test_too_many_rows_names_the_setting_and_points_to_batch_files() -> None:
+    s = schema()
+    with pytest.raises(InvalidInput) as ei:
+        s.parse(body([row()] * 6), allow_webhook=True)
+    detail = ei.value.detail
+    assert "6 rows exceed the limit of 5 rows per job (PREDQ_MAX_ROWS_PER_JOB)" in detail
+    assert f"POST /v1/files, then POST /v1/models/{s.manifest.name}/batches" in detail
 
 
 def test_long_strings_and_big_metadata_are_refused() -> None:

@@ -129,3 +129,26 @@ def test_international_names_go_out_in_their_ascii_form() -> None:
     assert seen == ["xn--bcher-kva.example"]
     assert t.sni_hostname == "xn--bcher-kva.example"
     assert t.host_header == "xn--bcher-kva.example:8443"
+
+
+def test_allowing_127_0_0_1_allows_localhost_through_that_address_only() -> None:
+    allow = AllowList.parse(["127.0.0.1"])
+    check_url("http://localhost:9/hook", allow)  # was refused: "a loopback name"
+    check_url("http://api.localhost:9/hook", allow)
+    # localhost resolves to ::1 and 127.0.0.1: the delivery goes to the allowed one.
+    target = resolve("http://localhost:9/hook", allow, _resolver("::1", "127.0.0.1"))
+    assert str(target.ip) == "127.0.0.1" and target.host_header == "localhost:9"
+    with pytest.raises(BlockedAddress, match="PREDQ_WEBHOOK_ALLOW_HOSTS"):
+        resolve("http://localhost:9/hook", allow, _resolver("::1"))
+    with pytest.raises(BlockedAddress, match="PREDQ_WEBHOOK_ALLOW_HOSTS"):
+        resolve("http://localhost:9/hook", allow, _resolver("93.184.216.34"))
+    # Allowing another network does not allow localhost.
+    with pytest.raises(UnsafeUrl, match="PREDQ_WEBHOOK_ALLOW_HOSTS"):
+        check_url("http://localhost:9/hook", AllowList.parse(["10.0.0.0/8"]))
+
+
+@pytest.mark.parametrize("url", ["http://localhost/hook", "http://127.0.0.1/hook",
+                                 "http://10.1.2.3/hook", "http://[::1]/hook"])
+def test_submit_time_refusals_name_the_setting(url: str) -> None:
+    with pytest.raises(UnsafeUrl, match="add it to PREDQ_WEBHOOK_ALLOW_HOSTS"):
+        check_url(url, OFF)
