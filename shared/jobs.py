@@ -129,7 +129,8 @@ class AsyncJobs:
     async def cancel(self, job_id: str, owner: str | None) -> dict[str, Any]:
         """Cancel a queued or running job; JobConflict if it already ended."""
         job = await self.read(job_id, owner)
-        status = await self.scripts.cancel(job_id, job["model"], self.settings.result_ttl_s)
+        status = await self.scripts.cancel(job_id, job["model"], self.settings.result_ttl_s,
+                                           self.settings.max_job_age_s)
         status = status.decode() if isinstance(status, bytes) else status
         if status == "":
             raise JobNotFound(f"no job {job_id!r}")
