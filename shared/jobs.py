@@ -46,12 +46,14 @@ class AsyncJobs:
         """Create and enqueue a job; returns (job_id, created, created_at).
 
         With an Idempotency-Key seen before, returns the earlier job (created False), or
-        raises JobConflict when the earlier request's body differed. Raises QueueFull when
+        raises JobConflict when the earlier request's model or body differed. Raises QueueFull when
         the model's queue holds more than ``queue_max_rows`` rows."""
         job_id = job_id or str(uuid.uuid4())
         created_at = now_iso()
         cancel_after = parsed.cancel_after
-        fingerprint = hashlib.sha256(fingerprint_of).hexdigest()[:32]
+        # The model is part of the request: the same key and body on another model's URL
+        # is a different request (409), never a replay of this model's job.
+        fingerprint = hashlib.sha256(model.encode() + b"\0" + fingerprint_of).hexdigest()[:32]
         queue = self.settings.queue_for(model)
         fields: dict[str, Any] = {
             "status": QUEUED,
@@ -86,10 +88,19 @@ class AsyncJobs:
         got_id = got_id.decode() if isinstance(got_id, bytes) else got_id
         got_fp = got_fp.decode() if isinstance(got_fp, bytes) else got_fp
         if got_id != job_id and got_fp != fingerprint:
-            raise JobConflict(
-                "this Idempotency-Key was already used with a different request body",
-            )
+            raise JobConflict(await self._conflict_detail(got_id, model, owner))
         return got_id, got_id == job_id, created_at
+
+    async def _conflict_detail(self, prior_id: str, model: str, owner: str) -> str:
+        """Why an Idempotency-Key seen before cannot be replayed for this request."""
+        try:
+            prior = await self.read(prior_id, owner)
+        except JobNotFound:
+            prior = None
+        if prior is not None and prior["model"] != model:
+            return (f"this Idempotency-Key was already used for a job of model "
+                    f"{prior['model']!r} (job {prior_id}); use a new key for another model")
+        return "this Idempotency-Key was already used with a different request body"
 
     async def read(self, job_id: str, owner: str | None) -> dict[str, Any]:
         """The job's fields (``outputs`` as raw JSON bytes) plus ``expires_in`` seconds.
@@ -118,7 +129,8 @@ class AsyncJobs:
     async def cancel(self, job_id: str, owner: str | None) -> dict[str, Any]:
         """Cancel a queued or running job; JobConflict if it already ended."""
         job = await self.read(job_id, owner)
-        status = await self.scripts.cancel(job_id, job["model"], self.settings.result_ttl_s)
+        status = await self.scripts.cancel(job_id, job["model"], self.settings.result_ttl_s,
+                                           self.settings.max_job_age_s)
         status = status.decode() if isinstance(status, bytes) else status
         if status == "":
             raise JobNotFound(f"no job {job_id!r}")

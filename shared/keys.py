@@ -48,6 +48,12 @@ class Keys:
         """Counter of rows queued and not yet started for one model (backpressure)."""
         return f"{self.prefix}:qrows:{model}"
 
+    def unqueued(self, job_id: str) -> str:
+        """Mark: this job was cancelled while queued and its rows already left
+        ``queued_rows`` (so the claim of its message must not take them off again). The
+        claim script builds this name from the job's key: keep the two in step."""
+        return f"{self.prefix}:unqueued:{job_id}"
+
     def drain(self, model: str) -> str:
         """Hash of rows finished per 10-second bucket for one model: its measured drain rate,
         for Retry-After and ETAs. Buckets older than DRAIN_WINDOW_S are deleted as it goes."""

@@ -160,7 +160,8 @@ PREDICT_ROWS = ClusterCounter(
     "predq_predict_rows_total", "Rows predicted, by model version.", ("model", "version"))
 CACHE_LOADS = ClusterCounter(
     "predq_model_cache_loads_total",
-    "Model loads from the registry into a worker process (cache misses).", ("model", "version"))
+    "Model loads from the registry (cache misses); a model a worker preloads counts once, "
+    "not once per pool process.", ("model", "version"))
 CACHE_HITS = ClusterCounter(
     "predq_model_cache_hits_total",
     "Batches served by a model already loaded in the worker process.", ("model", "version"))

@@ -28,6 +28,7 @@ from typing_extensions import TypedDict
 
 from shared import codec
 from shared.errors import InvalidInput
+from shared.jsonsafe import unsafe_values
 from shared.registry import Feature, Manifest
 
 #: Largest enum of categories written into the JSON schema as ``Literal``; larger sets are
@@ -205,12 +206,8 @@ class ModelSchema:
                                 "(PREDQ_MAX_ROWS_PER_JOB)"}],
             )
         metadata = obj.metadata
-        if metadata is not None and len(orjson.dumps(metadata)) > self.max_metadata_bytes:
-            raise InvalidInput(
-                f"metadata exceeds {self.max_metadata_bytes} bytes",
-                errors=[{"loc": ["body", "metadata"], "type": "too_long",
-                         "msg": f"at most {self.max_metadata_bytes} bytes of JSON"}],
-            )
+        if metadata is not None:
+            self._check_metadata(metadata)
         columns = [(f.name, f.type, [r.get(f.name) for r in rows])
                    for f in self.manifest.features]
         return ParsedJob(
@@ -220,6 +217,28 @@ class ModelSchema:
             metadata=metadata,
             cancel_after=obj.cancel_after,
         )
+
+    def _check_metadata(self, metadata: dict[str, Any]) -> None:
+        """422 unless ``metadata`` is within the size limit and stores exactly (no integer
+        beyond 64 bits, NaN, Infinity or lone surrogate: :mod:`shared.jsonsafe`)."""
+        try:
+            size = len(orjson.dumps(metadata))
+        except TypeError:
+            size = None  # an integer or a string orjson cannot write: named below
+        if size is not None and size > self.max_metadata_bytes:
+            raise InvalidInput(
+                f"metadata exceeds {self.max_metadata_bytes} bytes",
+                errors=[{"loc": ["body", "metadata"], "type": "too_long",
+                         "msg": f"at most {self.max_metadata_bytes} bytes of JSON"}],
+            )
+        bad = unsafe_values(metadata, ["body", "metadata"], MAX_ERRORS)
+        if bad:
+            raise InvalidInput(f"{len(bad)} value(s) in metadata cannot be stored as JSON",
+                               errors=bad)
+        if size is None:  # not expected: every value orjson refuses is named above
+            raise InvalidInput("metadata cannot be stored as JSON", errors=[
+                {"loc": ["body", "metadata"], "type": "json_type",
+                 "msg": "metadata must be plain JSON"}])
 
 
 def problem_errors(e: ValidationError) -> list[dict[str, Any]]:

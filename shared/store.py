@@ -88,13 +88,19 @@ for i, key in ipairs(KEYS) do
   local st = redis.call('HGET', key, 'status')
   local qrows = ARGV[5 + 3 * i]
   local claimed = ARGV[6 + 3 * i]
+  -- a job cancelled while queued had its rows taken off then (see _CANCEL's mark)
+  local unqueued = string.sub(key, 1, string.find(key, ':job:', 1, true)) .. 'unqueued:' ..
+    string.sub(key, string.find(key, ':job:', 1, true) + 5)
   if not st then
-    -- gone before it ran (only past PREDQ_MAX_JOB_AGE_S): its rows no longer wait
-    if tonumber(redis.call('DECRBY', qrows, ARGV[7 + 3 * i])) < 0 then
+    -- gone before it ran (past PREDQ_MAX_JOB_AGE_S, or cancelled and past the result TTL):
+    -- its rows no longer wait, unless the cancel already took them off
+    if redis.call('DEL', unqueued) == 0 and
+        tonumber(redis.call('DECRBY', qrows, ARGV[7 + 3 * i])) < 0 then
       redis.call('SET', qrows, 0)
     end
     out[i] = {'missing', '', ''}
   elseif st ~= 'queued' and st ~= 'running' then
+    if st == 'cancelled' then redis.call('DEL', unqueued) end
     out[i] = {st, '', ''}
   else
     if st == 'queued' then
@@ -149,16 +155,21 @@ end
 return out
 """
 
-# KEYS: job hash, queued-rows counter, running set, queued index.
-# ARGV: now_iso, channel, job_id, result ttl.
+# KEYS: job hash, queued-rows counter, running set, queued index, unqueued mark.
+# ARGV: now_iso, channel, job_id, result ttl, pending ttl.
 # Returns 'cancelled' when this call cancelled it, 'ended:<status>' when it had already ended
 # (cancelled included), or '' when the job does not exist.
+# A queued job's rows leave the backpressure counter here, at once. Its message is still in
+# the queue, and the record may expire (result TTL) before a worker takes the message: the
+# mark (Keys.unqueued, as long as an unfinished job may live) tells the claim not to take
+# the rows off a second time.
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return '' end
 if st ~= 'queued' and st ~= 'running' then return 'ended:' .. st end
 if st == 'queued' then
   redis.call('DECRBY', KEYS[2], redis.call('HGET', KEYS[1], 'n_inputs'))
+  redis.call('SET', KEYS[5], '1', 'EX', ARGV[5])
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'inputs')
@@ -248,11 +259,13 @@ class Scripts:
             return client.evalsha(self._finish.sha, len(keys), *keys, *args)
         return self._finish(keys=keys, args=args)
 
-    def cancel(self, job_id: str, model: str, ttl: int) -> Any:
+    def cancel(self, job_id: str, model: str, ttl: int, pending_ttl: int = 0) -> Any:
+        """Cancel a job (``ttl``: the result TTL; ``pending_ttl``: how long an unfinished
+        job may live, the life of the mark that its queued rows were already counted off)."""
         return self._cancel(
             keys=[self.keys.job(job_id), self.keys.queued_rows(model), self.keys.running(),
-                  self.keys.queued()],
-            args=[now_iso(), self.keys.done_channel(), job_id, ttl],
+                  self.keys.queued(), self.keys.unqueued(job_id)],
+            args=[now_iso(), self.keys.done_channel(), job_id, ttl, max(ttl, pending_ttl)],
         )
 
 

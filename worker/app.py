@@ -55,15 +55,25 @@ class _ProcessState:
             log.warning("cannot list the registry %s to preload models: %s", registry.root, e)
             return
         log.info("model registry %s: %d model(s)", registry.root, len(infos))
+        # Counted here, once per worker: the pool processes inherit these models and their
+        # observers count only what they load themselves (predq_model_cache_loads_total).
+        observer = BatchObserver(Keys(settings.key_prefix), self.cache)
         for info in infos[: settings.model_cache_size]:
             if queues is not None and settings.queue_for(info.name) not in queues:
                 continue
             try:
+                before = self.cache.stats.load_seconds
                 self.cache.get(info.name, info.default_version)
-                log.info("preloaded model %s v%s", info.name, info.default_version)
+                log.info("preloaded model %s v%s in %.4f s", info.name, info.default_version,
+                         self.cache.stats.load_seconds - before)
             except Exception as e:
                 log.warning("could not preload model %s v%s: %s", info.name,
                             info.default_version, e)
+        client = sync_client(settings, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            observer.report_cache(client)
+        finally:
+            client.close()
 
     def get(self, settings: Settings) -> BatchPredictor:
         if self.predictor is None or self.pid != os.getpid():

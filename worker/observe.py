@@ -34,8 +34,13 @@ class BatchObserver:
         self.keys = keys
         self.cache = cache
         self.hostname = hostname
-        self._cache_seen: dict[tuple[str, str], tuple[int, int]] = {}
-        self._load_seconds_seen = 0.0
+        # What the cache already holds was counted by whoever loaded it: a pool process
+        # inherits the models its worker preloaded before the fork (counted once, there, by
+        # report_cache), and must not count them again.
+        stats = cache.stats if cache is not None else None
+        self._cache_seen: dict[tuple[str, str], tuple[int, int]] = {
+            k: (v[0], v[1]) for k, v in (stats.by_model.items() if stats else ())}
+        self._load_seconds_seen = stats.load_seconds if stats else 0.0
 
     def record(self, pipe: Any, report: BatchReport, finished: Finished) -> None:
         """Queue the batch's metric commands on ``pipe`` (executed with the batch's results)."""
@@ -81,6 +86,16 @@ class BatchObserver:
             m.MODEL_LOAD_SECONDS.inc(pipe, self.keys,
                                      float(stats.load_seconds - self._load_seconds_seen))
             self._load_seconds_seen = stats.load_seconds
+
+    def report_cache(self, client: Any) -> None:
+        """Send what the model cache did since this observer last looked, in its own round
+        trip (the worker's preload, which runs before any batch). Errors are logged."""
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                self._record_cache(pipe)
+                pipe.execute()
+        except Exception as e:
+            log.warning("could not record the model loads: %r", e)
 
     def discarded(self, client: Any, statuses: list[str]) -> None:
         """Jobs whose result was discarded (cancelled while they ran) were counted with the

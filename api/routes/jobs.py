@@ -9,8 +9,10 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from typing_extensions import TypedDict
 
 from api.bodycheck import check_json_depth
 from api.deps import AppState, JobsRead, JobsWrite, ModelsRead, StateDep, owner_filter
@@ -38,6 +40,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "$ref": "#/components/schemas/JobRequest"}}}}}
 
+#: Set on a response that returns the job an earlier request with the same
+#: Idempotency-Key created (on /jobs and /predict alike).
+REPLAYED = "Idempotent-Replayed"
+
 WaitQuery = Annotated[float | None, Query(ge=0, description="Seconds to hold the request.")]
 IdemHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255,
                                           pattern=r"^[\x21-\x7e]+$")]
@@ -49,7 +55,7 @@ async def _read_body(request: Request, state: AppState) -> bytes:
         raise UnsupportedMediaType(f"send Content-Type: application/json, not {ctype!r}")
     limit = state.settings.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
     # Streamed with a running count, so an oversized body without Content-Length is cut off
     # at the limit. (FastAPI's own max_body_size answers text/plain and would replace an
@@ -64,27 +70,45 @@ async def _read_body(request: Request, state: AppState) -> bytes:
     return b"".join(chunks)
 
 
+class _VersionOnly(TypedDict, total=False):
+    version: str | None
+
+
+#: Reads only the top-level ``version`` of a body, with the same parser (jiter) and the same
+#: string rules as the model's own request schema; other members are ignored unbuilt.
+_VERSION_ONLY = TypeAdapter(with_config(ConfigDict(extra="ignore"))(_VersionOnly))
+
+
 def _requested_version(body: bytes) -> str | None:
-    """The body's top-level ``version``, found without parsing when it is absent."""
-    if b'"version"' not in body:
+    """The top-level ``version`` of the parsed body (None when it names none).
+
+    Skipped only when no member can be called ``version``: the bytes hold neither
+    ``"version"`` nor any escape (``"\\u0076ersion"`` is the same key)."""
+    if b'"version"' not in body and b"\\" not in body:
         return None
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise MalformedJson(f"the body is not valid JSON: {e}") from e
-    version = obj.get("version") if isinstance(obj, dict) else None
-    if version is not None and not isinstance(version, str):
-        raise InvalidInput("version must be a string", errors=[
-            {"loc": ["body", "version"], "msg": "Input should be a valid string",
-             "type": "string_type"}])
-    return version
+        obj = _VERSION_ONLY.validate_json(body)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_input=False)
+        if any(err["type"] == "json_invalid" for err in errors):
+            raise MalformedJson(f"the body is not valid JSON: {errors[0]['msg']}") from e
+        if any(tuple(err["loc"][:1]) == ("version",) for err in errors):
+            raise InvalidInput("version must be a string", errors=[
+                {"loc": ["body", "version"], "msg": "Input should be a valid string",
+                 "type": "string_type"}]) from e
+        return None  # not an object: the model's schema says so, naming where
+    return obj.get("version")
 
 
 async def _parse(request: Request, state: AppState, name: str, *, allow_webhook: bool
                  ) -> tuple[Any, ParsedJob, bytes]:
     body = await _read_body(request, state)
     await check_json_depth(body, state.settings)  # before any parser: 422 naming where
-    manifest = state.resolve(name, _requested_version(body))
+    if len(body) > _THREAD_BODY_BYTES:
+        version = await run_in_threadpool(_requested_version, body)
+    else:
+        version = _requested_version(body)
+    manifest = state.resolve(name, version)
     schema = state.schema_for(manifest)
     try:
         if len(body) > _THREAD_BODY_BYTES:
@@ -116,14 +140,16 @@ async def wait_for(state: AppState, job_id: str, owner: str | None, timeout: flo
     return job
 
 
-def _accepted(job_id: str, manifest: Any, parsed: ParsedJob, created_at: str,
-              replayed: bool) -> Response:
-    body = {"id": job_id, "status": "queued", "model": manifest.name,
-            "version": manifest.version, "n_inputs": parsed.n_rows, "created_at": created_at,
-            "links": job_links(job_id)}
+def _accepted(job: dict[str, Any], replayed: bool) -> Response:
+    """The 202 of a submit. A replay describes the job it returns, as stored (its model,
+    version, size and current status), never the request that replayed it."""
+    job_id = job["id"]
+    body = {"id": job_id, "status": job["status"], "model": job["model"],
+            "version": job["version"], "n_inputs": job["n_inputs"],
+            "created_at": job["created_at"], "links": job_links(job_id)}
     headers = {"Location": f"/v1/jobs/{job_id}"}
     if replayed:
-        headers["Idempotent-Replayed"] = "true"
+        headers[REPLAYED] = "true"
     return json_response(orjson.dumps(body), 202, headers)
 
 
@@ -137,9 +163,10 @@ async def submit_job(name: str, request: Request, state: StateDep, principal: Jo
         model=manifest.name, version=manifest.version, parsed=parsed, owner=principal.name,
         idempotency_key=idempotency_key, fingerprint_of=body)
     if not created:
-        job = await state.jobs.read(job_id, None)
-        return _accepted(job_id, manifest, parsed, job["created_at"], True)
-    return _accepted(job_id, manifest, parsed, created_at, False)
+        return _accepted(await state.jobs.read(job_id, None), True)
+    return _accepted({"id": job_id, "status": "queued", "model": manifest.name,
+                      "version": manifest.version, "n_inputs": parsed.n_rows,
+                      "created_at": created_at}, False)
 
 
 @router.post("/v1/models/{name}/predict", response_model=PredictResult,
@@ -154,17 +181,22 @@ async def predict(name: str, request: Request, state: StateDep, principal: JobsW
     timeout = min(s.sync_wait_s if wait is None else wait, s.max_wait_s)
     new_id = str(uuid.uuid4())
     async with state.waiters.register(new_id):
-        job_id, _, _ = await state.jobs.submit(
+        job_id, created, _ = await state.jobs.submit(
             model=manifest.name, version=manifest.version, parsed=parsed, owner=principal.name,
             idempotency_key=idempotency_key, fingerprint_of=body, job_id=new_id)
         job = await wait_for(state, job_id, principal.name, timeout)
+    replayed = {} if created else {REPLAYED: "true"}
     if job["status"] == "succeeded":
         head = orjson.dumps({"model": job["model"], "version": job["version"],
                              "job_id": job_id})
-        return json_response(b"".join([head[:-1], b',"outputs":', job["outputs"], b"}"]))
+        return json_response(b"".join([head[:-1], b',"outputs":', job["outputs"], b"}"]),
+                             headers=replayed or None)
     if job["status"] in ("queued", "running"):
-        return json_response(job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"})
-    return _failed_problem(job)
+        return json_response(job_json(job), 202,
+                             {"Location": f"/v1/jobs/{job_id}", **replayed})
+    response = _failed_problem(job)
+    response.headers.update(replayed)
+    return response
 
 
 def _failed_problem(job: dict[str, Any]) -> Response:
