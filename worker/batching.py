@@ -52,7 +52,12 @@ def execute_batch(task: PredictBatches, batch_id: str,
         return task.run_batch(batch_id, requests)
     except Exception as e:
         log.error("batch %s failed outside any job: %r", batch_id, e, exc_info=True)
-        return {"retry": f"{type(e).__name__}: {e}"}
+        reason = f"{type(e).__name__}: {e}"
+        try:
+            task.on_batch_failure(batch_id, [r[0] for r in requests], reason)
+        except Exception:
+            log.exception("batch %s: could not record the failure", batch_id)
+        return {"retry": reason}
 
 
 def _announce(reqs: list[Any]) -> None:
@@ -184,6 +189,9 @@ class PredictBatches(Batches):
     def run_batch(self, batch_id: str, requests: list[tuple[str, str, str, int]]
                   ) -> dict[str, Any]:
         raise NotImplementedError
+
+    def on_batch_failure(self, batch_id: str, job_ids: list[str], reason: str) -> None:
+        """Pool side, after a batch failed outside its jobs (see worker.store_failures)."""
 
     def reap(self) -> None:
         """Consumer side, every ``reap_interval_s``: redeliver stuck jobs (worker.reaper)."""
