@@ -550,6 +550,10 @@ def summarize(args: argparse.Namespace, load: Load, wall_s: float) -> dict[str, 
     return out
 
 
+def _or_unknown(v: Any) -> Any:
+    return "unknown" if v is None else v
+
+
 def print_summary(s: dict[str, Any]) -> None:
     lines = [
         "",
@@ -579,7 +583,7 @@ def print_summary(s: dict[str, Any]) -> None:
           f"back to >= half after {r['recovered_after_s']} s"
           f"{'' if r['ok'] else '  NOT RECOVERED'}"
           for r in s["recovery"]],
-        f"predicted >1 time   {s['predictions']['more_than_once']} "
+        f"predicted >1 time   {_or_unknown(s['predictions']['more_than_once'])} "
         f"(job field 'predictions': {s['predictions']['field']})",
         f"batch log lines     {s['predictions']['logged_predictions']} job predictions for "
         f"{s['predictions']['jobs_ended_by_a_prediction']} jobs ended by a prediction "
