@@ -370,7 +370,10 @@ def up(host: str, port: int, flower_port: int, no_demo: bool) -> None:
             # PREDQ_REDIS_URL set in the environment or in .env: use it, start no Redis.
             if "redis_url" not in get_settings().model_fields_set:
                 # Assigned before start() so that a Ctrl-C during the start still stops it.
-                redis = RedisServer(dir=UP_REDIS_DIR, appendonly=True)
+                # PREDQ_DURABLE_SUBMIT: every write fsynced before its reply (no WAITAOF
+                # needed, whatever the Redis version).
+                fsync = "always" if get_settings().durable_submit else "everysec"
+                redis = RedisServer(dir=UP_REDIS_DIR, appendonly=True, appendfsync=fsync)
                 _start_redis(redis)
             api_key = dev_api_key()  # None when PREDQ_API_KEYS is set or auth is off
             settings = get_settings()

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
         900.0,
         description="A job running this long is redelivered by the reaper (> the time limit).",
     )
+    durable_submit: bool = Field(
+        False, description="Answer 202 only once the job is fsynced to Redis's AOF (WAITAOF on "
+        "Redis >= 7.2; older Redis must run appendfsync always, else submits get 503).",
+    )
     queue_max_rows: PositiveInt = Field(
         2_000_000, description="Rows queued per model before new jobs get 429."
     )
