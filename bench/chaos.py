@@ -26,6 +26,19 @@ reads, or an Idempotency-Key that produced two different jobs), latency percenti
 POST attempt to the client seeing the job end), retries, and the chaos events with their
 timings. Lost and duplicated must both be 0; the exit code is 1 otherwise.
 
+It also asserts (exit code 1 otherwise):
+
+- **every job submitted**: all ``--jobs`` jobs got a 202 before the POST phase ended (a stall
+  shows up as jobs never submitted);
+- **recovery**: after each chaos event, the rate of jobs ending (seen by the clients) returns
+  to at least half its rate in the ``--rate-window-s`` before the event (measured over a
+  sliding ``--recover-window-s``), within ``--recover-s`` of the event's end;
+- **predicted at most once**: the job hash's ``predictions`` counter (one HINCRBY per actual
+  prediction; written by the claim once the claim lease exists) is 1 for every job; where no
+  job has that field the count is reported as unknown, not as 0. Independently of it, the
+  workers' batch log lines give the number of job predictions that ran to the end of their
+  batch: more of them than jobs that ended by a prediction means a job was predicted twice.
+
 Results: stdout and ``bench/results/chaos.json``. Process logs and the state of any lost job
 are kept in the printed run directory when something went wrong (``--keep`` keeps them always).
 Traffic goes to 127.0.0.1 only. Every loop is bounded in count and in time: the POST phase ends
@@ -376,6 +389,93 @@ def lost_details(stack: Stack, recs: list[Rec]) -> list[dict[str, Any]]:
         client.close()
 
 
+def recovery(args: argparse.Namespace, load: Load) -> list[dict[str, Any]]:
+    """Per chaos event: the completion rate before it, and how long it took to come back.
+
+    ``before``: jobs that ended (as the clients saw it) per second in the ``rate_window_s``
+    before the event started, never reaching back past the end of the previous event (when
+    less than 2 s are left, the previous event's ``before`` is kept: the baseline of a chain
+    of faults). ``recovered_after_s``: from the moment of the fault (the event's start; a
+    replacement worker's start-up counts), the first moment from which the next
+    ``recover_window_s`` end jobs at >= half that rate; it must be <= ``recover_s``.
+    """
+    import bisect
+
+    t0 = load.stack.t0
+    done = sorted(r.t_done - t0 for r in load.recs if r.t_done is not None)
+    # while clients still submit: after the last submission the rate falls off by design
+    loaded_end = max((r.t_first - t0 for r in load.recs if r.accepted), default=0.0)
+
+    def count(a: float, b: float) -> int:
+        return bisect.bisect_left(done, b) - bisect.bisect_left(done, a)
+
+    out: list[dict[str, Any]] = []
+    prev_end, before = 0.0, None
+    win = args.recover_window_s
+    for ev in load.stack.events:
+        start = ev["at_s"]
+        a = max(prev_end, start - args.rate_window_s)
+        if start - a >= 2.0:
+            before = count(a, start) / (start - a)
+        recovered: float | None = None
+        if before:
+            t = start
+            while t <= start + args.recover_s and t + win <= loaded_end:
+                if count(t, t + win) / win >= before / 2:
+                    recovered = round(t - start, 1)
+                    break
+                t += 0.5
+        out.append({"event": ev["event"], "at_s": start, "took_s": ev["took_s"],
+                    "before_jobs_per_s": round(before, 1) if before else None,
+                    "recovered_after_s": recovered,
+                    "ok": before is not None and recovered is not None})
+        prev_end = start + ev["took_s"]
+    return out
+
+
+def predictions(stack: Stack, recs: list[Rec]) -> dict[str, Any]:
+    """How many times each job was predicted, by two independent counts (see the module
+    docstring): the job hash's ``predictions`` field, and the workers' batch log lines."""
+    import re
+
+    out: dict[str, Any] = {"field": "unknown", "more_than_once": None, "examples": []}
+    ids = [r.job_id for r in recs if r.accepted and r.job_id]
+    if ids and stack.redis.running:
+        client = stack.redis.client(socket_timeout=10)
+        try:
+            values: list[Any] = []
+            for i in range(0, len(ids), 500):
+                with client.pipeline(transaction=False) as pipe:
+                    for job_id in ids[i:i + 500]:
+                        pipe.hget(f"{PREFIX}:job:{job_id}", "predictions")
+                    values += pipe.execute()
+        finally:
+            client.close()
+        known = {j: int(v) for j, v in zip(ids, values, strict=True) if v is not None}
+        if known:
+            many = {j: n for j, n in known.items() if n > 1}
+            out.update(field=f"present on {len(known)} of {len(ids)} jobs",
+                       more_than_once=len(many), examples=sorted(many.items())[:20])
+        else:
+            out["field"] = "absent on every job (needs the claim lease): predicted-twice count " \
+                           "unknown from the job store"
+    # Batch log lines: 'batch <id>: <n> jobs, ...' is written once a batch has finished its
+    # jobs (n = jobs actually predicted; a batch cut short by a kill or an outage logs none).
+    logged = 0
+    pattern = re.compile(r"predq\.worker\.batch: batch \w+: (\d+) jobs")
+    for path in sorted((stack.tmp / "logs").glob("worker-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            m = pattern.search(line)
+            if m:
+                logged += int(m.group(1))
+    ended_by_prediction = sum(1 for r in recs if r.accepted and (
+        r.status == "succeeded" or (r.status == "failed" and r.error_type != "PoisonJob")))
+    out["logged_predictions"] = logged
+    out["jobs_ended_by_a_prediction"] = ended_by_prediction
+    out["extra_predictions_in_logs"] = logged - ended_by_prediction
+    return out
+
+
 def summarize(args: argparse.Namespace, load: Load, wall_s: float) -> dict[str, Any]:
     recs = load.recs
     accepted = [r for r in recs if r.accepted]
@@ -390,7 +490,7 @@ def summarize(args: argparse.Namespace, load: Load, wall_s: float) -> dict[str, 
     # throughput up to the last job that ended (not counting the drain wait for lost jobs)
     active_s = (max(done_times) - load.stack.t0) if done_times else 0.0
     not_submitted = Counter(r.post_error.split(":")[0] for r in recs if r.post_error)
-    return {
+    out: dict[str, Any] = {
         "command": "python -m bench.chaos " + " ".join(sys.argv[1:]),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {"jobs": args.jobs, "clients": args.clients, "workers": args.workers,
@@ -426,7 +526,32 @@ def summarize(args: argparse.Namespace, load: Load, wall_s: float) -> dict[str, 
         "wall_s": round(wall_s, 1),
         "last_job_ended_at_s": round(active_s, 1),
         "jobs_per_s": round(len(lat) / active_s, 1) if active_s else None,
+        "recovery": recovery(args, load),
+        "predictions": predictions(load.stack, accepted),
     }
+    problems = []
+    if out["lost"]:
+        problems.append(f"{out['lost']} lost")
+    if out["duplicated"]:
+        problems.append(f"{out['duplicated']} duplicated")
+    if out["unexpected_answers"]:
+        problems.append(f"unexpected answers {out['unexpected_answers']}")
+    if out["submitted"] < args.jobs or out["accepted"] < args.jobs:
+        problems.append(f"only {out['accepted']} of {args.jobs} jobs submitted and accepted")
+    problems += [f"no recovery within {args.recover_s:g} s after {r['event']} at {r['at_s']} s"
+                 for r in out["recovery"] if not r["ok"]]
+    preds = out["predictions"]
+    if preds["more_than_once"]:
+        problems.append(f"{preds['more_than_once']} jobs predicted more than once")
+    if preds["extra_predictions_in_logs"] > 0:
+        problems.append(f"{preds['extra_predictions_in_logs']} extra predictions in the logs")
+    out["problems"] = problems
+    out["ok"] = not problems
+    return out
+
+
+def _or_unknown(v: Any) -> Any:
+    return "unknown" if v is None else v
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -452,6 +577,18 @@ def print_summary(s: dict[str, Any]) -> None:
         f"retries             {s['retries']}",
         f"latency ms          p50 {s['latency_ms']['p50']}  p90 {s['latency_ms']['p90']}  "
         f"p99 {s['latency_ms']['p99']}  max {s['latency_ms']['max']}",
+        f"submitted           {s['submitted']} of {s['config']['jobs']}",
+        "recovery (jobs/s ending before the fault; seconds from the fault until >= half):",
+        *[f"  {r['event']:<14} at {r['at_s']:>6} s: before {r['before_jobs_per_s']}/s, "
+          f"back to >= half after {r['recovered_after_s']} s"
+          f"{'' if r['ok'] else '  NOT RECOVERED'}"
+          for r in s["recovery"]],
+        f"predicted >1 time   {_or_unknown(s['predictions']['more_than_once'])} "
+        f"(job field 'predictions': {s['predictions']['field']})",
+        f"batch log lines     {s['predictions']['logged_predictions']} job predictions for "
+        f"{s['predictions']['jobs_ended_by_a_prediction']} jobs ended by a prediction "
+        f"(extra: {s['predictions']['extra_predictions_in_logs']})",
+        f"verdict             {'PASS' if s['ok'] else 'FAIL: ' + '; '.join(s['problems'])}",
         "",
     ]
     print("\n".join(lines), flush=True)
@@ -470,6 +607,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--drain-s", type=float, default=150.0,
                    help="after the POST phase, how long accepted jobs may take to end")
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--recover-s", type=float, default=45.0,
+                   help="after each chaos event, the rate must be back within this long")
+    p.add_argument("--rate-window-s", type=float, default=15.0,
+                   help="the rate before an event is measured over this many seconds")
+    p.add_argument("--recover-window-s", type=float, default=5.0,
+                   help="sliding window of the rate after an event")
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     p.add_argument("--out", type=Path, default=RESULTS / "chaos.json")
     return p.parse_args(argv)
@@ -521,8 +664,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(stack.workers)} workers; {args.jobs} jobs, {args.clients} clients")
             stack.t0 = time.monotonic()
             load = asyncio.run(run_load(args, stack))
-            summary = summarize(args, load, time.monotonic() - stack.t0)
-            sup.stop_all(sig=signal.SIGTERM, timeout=15)
+            run_s = time.monotonic() - stack.t0
+            sup.stop_all(sig=signal.SIGTERM, timeout=15)  # (flushes the workers' logs)
+            summary = summarize(args, load, run_s)
     finally:
         wall = time.monotonic() - t_start
         if summary:
@@ -531,8 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(summary, indent=2) + "\n")
             log(f"wrote {args.out}")
-            ok = (summary["lost"] == 0 and summary["duplicated"] == 0
-                  and not summary["unexpected_answers"])
+            ok = summary["ok"]
         if ok and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

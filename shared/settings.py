@@ -156,6 +156,10 @@ class Settings(BaseSettings):
         description="A job running this long is redelivered by the reaper (must exceed the "
         "batch hard time limit).",
     )
+    durable_submit: bool = Field(
+        False, description="Answer 202 only once the job is fsynced to Redis's AOF (WAITAOF on "
+        "Redis >= 7.2; older Redis must run appendfsync always, else submits get 503).",
+    )
     queue_max_rows: PositiveInt = Field(
         2_000_000, description="Rows queued per model before new jobs get 429."
     )

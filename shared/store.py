@@ -84,6 +84,24 @@ local function ended(key, status, err)
   if ik then redis.call('EXPIRE', ik, ARGV[6]) end
   redis.call('PUBLISH', ARGV[4], id)
 end
+-- Why a job is failed after too many deliveries: its worker died each time, or (counted by
+-- worker.store_failures) Redis failed after the claim, so the result could not be stored.
+local function poison_error(key, tries)
+  local sf = tonumber(redis.call('HGET', key, 'store_failures') or '0')
+  if sf == 0 then
+    return '{"type":"PoisonJob","message":"delivered ' .. tries ..
+      ' times without finishing (its worker died each time); not retried again"}'
+  end
+  local msg = 'the result could not be stored: Redis failed ' .. sf ..
+    ' time(s) after the job was claimed (last: ' ..
+    (redis.call('HGET', key, 'store_error') or '?') .. ')'
+  if tries > sf then
+    msg = msg .. '; ' .. (tries - sf) ..
+      ' other delivery(ies) ended without a result (a worker died)'
+  end
+  return cjson.encode({type = 'ResultNotStored',
+                       message = msg .. '; delivered ' .. tries .. ' times, not retried again'})
+end
 for i, key in ipairs(KEYS) do
   local st = redis.call('HGET', key, 'status')
   local qrows = ARGV[5 + 3 * i]
@@ -115,8 +133,7 @@ for i, key in ipairs(KEYS) do
       ended(key, 'expired', '{"type":"Expired","message":"cancel_after passed while queued"}')
       out[i] = {'expired', '', ''}
     elseif n > tonumber(ARGV[3]) then
-      ended(key, 'failed', '{"type":"PoisonJob","message":"delivered ' .. (n - 1) ..
-        ' times without finishing (its worker died each time); not retried again"}')
+      ended(key, 'failed', poison_error(key, n - 1))
       out[i] = {'poison', '', ''}
     else
       if st == 'queued' then

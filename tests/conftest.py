@@ -20,7 +20,8 @@ prefix, queue names and registry directory, so tests never see each other's jobs
   ping; handle has ``.proc``, ``.hostname``, ``.stop(sig=SIGTERM)``, ``.kill()``, ``.tail()``.
 - ``start_api(workers=1, *, extra_env=None, timeout=60.0) -> str``: ``python -m predq api`` on a
   free port, ready once ``/healthz`` answers; returns the base URL.
-- ``start_redis(appendonly=False) -> RedisServer``: a private, started redis-server.
+- ``start_redis(appendonly=False, appendfsync="everysec") -> RedisServer``: a private,
+  started redis-server.
 
 Every process runs in its own process group with ``cwd=tmp_path`` (so no ``.env`` leaks in);
 at teardown each group gets SIGTERM, then SIGKILL, and the test fails if any process is left.
@@ -170,8 +171,9 @@ def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Factory of private redis-servers (for tests that stop, kill or restart Redis)."""
     servers: list[RedisServer] = []
 
-    def start(appendonly: bool = False) -> RedisServer:
-        server = RedisServer(dir=tmp_path / f"redis-{len(servers)}", appendonly=appendonly)
+    def start(appendonly: bool = False, appendfsync: str = "everysec") -> RedisServer:
+        server = RedisServer(dir=tmp_path / f"redis-{len(servers)}", appendonly=appendonly,
+                             appendfsync=appendfsync)
         servers.append(server)
         return server.start()
 

@@ -28,6 +28,7 @@ from worker.lifecycle import install_lifecycle, node_name
 from worker.observe import BatchObserver
 from worker.predict import BatchPredictor
 from worker.reaper import reap
+from worker.store_failures import record as record_store_failure
 from worker.webhooks import register_webhook_task
 
 log = logging.getLogger("predq.worker")
@@ -158,6 +159,10 @@ def create_app(settings: Settings) -> Celery:
             report = state.get(settings).run(batch_id, requests)
             return {"outcomes": report.outcomes, "n_jobs": report.n_jobs,
                     "n_rows": report.n_rows, "calls": report.calls}
+
+        def on_batch_failure(self, batch_id: str, job_ids: list[str], reason: str) -> None:
+            record_store_failure(state.get(settings).scripts.client, Keys(settings.key_prefix),
+                                 job_ids, reason)
 
     @app.task(base=PredictTask, name=PREDICT_TASK, bind=True, acks_late=True)
     def predict(self: Any, requests: Any) -> None:  # pragma: no cover - never called directly

@@ -17,6 +17,13 @@ revoked) so that Flower shows every job; per-job results and failures are writte
 :class:`worker.predict.BatchPredictor`; messages are acknowledged only after their batch
 returned, and a batch whose pool process died is requeued (the job store counts deliveries
 and fails a job that keeps killing workers).
+
+The consumer's own state survives Celery's consumer restart (a lost broker connection): the
+batches handed to the pool are tracked one by one, and when the consumer starts again
+(:meth:`PredictBatches.Strategy`), the batches that the pool dropped on the restart are
+forgotten (Celery's ``AsynPool.flush`` discards every batch not yet accepted by a process
+without calling back), so the count of busy slots always matches the pool. Before that was
+done a worker could believe every slot busy forever and stall after a Redis restart.
 """
 
 from __future__ import annotations
@@ -45,7 +52,12 @@ def execute_batch(task: PredictBatches, batch_id: str,
         return task.run_batch(batch_id, requests)
     except Exception as e:
         log.error("batch %s failed outside any job: %r", batch_id, e, exc_info=True)
-        return {"retry": f"{type(e).__name__}: {e}"}
+        reason = f"{type(e).__name__}: {e}"
+        try:
+            task.on_batch_failure(batch_id, [r[0] for r in requests], reason)
+        except Exception:
+            log.exception("batch %s: could not record the failure", batch_id)
+        return {"retry": reason}
 
 
 def _announce(reqs: list[Any]) -> None:
@@ -93,6 +105,51 @@ def ack_all(reqs: list[Any]) -> None:
                 r.acknowledge()
 
 
+class _Batch:
+    """A batch handed to the pool: its requests and billiard's ApplyResult."""
+
+    __slots__ = ("id", "reqs", "result", "generation")
+
+    def __init__(self, batch_id: str, reqs: list[Any], generation: int) -> None:
+        self.id = batch_id
+        self.reqs = reqs
+        self.result: Any = None
+        self.generation = generation
+
+    def dropped_by_pool(self) -> bool:
+        """Whether the pool forgot this batch without running it to a callback.
+
+        ``AsynPool.flush`` (run by the consumer when its broker connection is lost) discards
+        every job not yet accepted by a process from the pool's cache; its callbacks never run.
+        """
+        res = self.result
+        cache = getattr(res, "_cache", None)
+        if res is None or cache is None:
+            return False
+        return not res.ready() and not getattr(res, "_accepted", True) and res._job not in cache
+
+    def never_sent(self) -> bool:
+        """Whether no byte of this batch reached a pool process (so it can never run)."""
+        res = self.result
+        return (getattr(res, "_scheduled_for", None) is None
+                and getattr(res, "_write_to", None) is None)
+
+
+def _still_unacked(req: Any) -> bool:
+    """Whether the broker channel of ``req``'s message still counts it as delivered to us.
+
+    kombu restores every unacknowledged message of a channel when it closes; when Redis is
+    down at that moment the restore fails and the messages stay in its ``unacked`` hash until
+    the visibility timeout. Only those are worth giving back ourselves at the reconnect.
+    """
+    msg = getattr(req, "message", None)
+    if msg is None or msg.acknowledged:
+        return False
+    qos = getattr(getattr(msg, "channel", None), "_qos", None)
+    delivered = getattr(qos, "_delivered", None)
+    return delivered is not None and msg.delivery_tag in delivered
+
+
 class PredictBatches(Batches):
     """Base class of the ``predq.predict`` task (see the module docstring)."""
 
@@ -111,34 +168,82 @@ class PredictBatches(Batches):
         super().__init__()
         self._reqs: list[Any] = []
         self._rows = 0
-        self._inflight = 0
+        #: Batches handed to the pool and not returned yet (the busy slots), by batch id.
+        self._batches: dict[str, _Batch] = {}
         self._slots = 1
         self._timer: Any = None
         self._tref: Any = None
+        self._reap_tref: Any = None
+        #: Consumer (re)starts so far: a request belongs to the broker channel of its one.
+        self._generation = 0
+        #: Requests of the previous connection that could not be given back when it was lost.
+        self._unreturned: list[Any] = []
         self._suspects: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def _inflight(self) -> int:
+        """Batches handed to the pool and not returned yet."""
+        return len(self._batches)
 
     # -- pool side ----------------------------------------------------------------
     def run_batch(self, batch_id: str, requests: list[tuple[str, str, str, int]]
                   ) -> dict[str, Any]:
         raise NotImplementedError
 
+    def on_batch_failure(self, batch_id: str, job_ids: list[str], reason: str) -> None:
+        """Pool side, after a batch failed outside its jobs (see worker.store_failures)."""
+
     def reap(self) -> None:
         """Consumer side, every ``reap_interval_s``: redeliver stuck jobs (worker.reaper)."""
 
     # -- consumer side ------------------------------------------------------------
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery API)
+        # Called when the consumer starts, and again each time it restarts after losing its
+        # broker connection (Celery's Tasks bootstep), before it consumes anything new.
+        self._generation += 1
         self._pool = consumer.pool
         self._slots = max(1, int(getattr(consumer.pool, "limit", 1) or 1))
         self._timer = consumer.timer
+        self._after_restart()
+        if self._reap_tref is not None:  # one reaper timer, not one more per restart
+            self._reap_tref.cancel()
+            self._reap_tref = None
         if self.reap_interval_s > 0:
-            consumer.timer.call_repeatedly(self.reap_interval_s, self.reap)
+            self._reap_tref = consumer.timer.call_repeatedly(self.reap_interval_s, self.reap)
         make_request = request_factory(task, app, consumer)
+        generation = self._generation
 
         def task_message_handler(message: Any, body: Any, ack: Any, reject: Any,
                                  callbacks: Any, **kw: Any) -> None:
-            self._add(make_request(message, body, ack, reject))
+            req = make_request(message, body, ack, reject)
+            req._predq_generation = generation
+            self._add(req)
 
         return task_message_handler
+
+    def _after_restart(self) -> None:
+        """Consumer restart: make the busy-slot count match the pool again.
+
+        The batches the pool dropped will never call back: forget them. Their messages
+        belonged to the lost connection: kombu restores them when it closes that channel;
+        those it could not restore (Redis was down), and buffered requests that could not be
+        returned, are given back now if they never reached a process (else kombu's visibility
+        timeout brings them back: a batch already written to a process may still run).
+        """
+        dropped = [b for b in self._batches.values() if b.dropped_by_pool()]
+        give_back = list(self._unreturned)
+        self._unreturned = []
+        for b in dropped:
+            del self._batches[b.id]
+            if b.never_sent():
+                give_back += b.reqs
+        if dropped:
+            log.warning("the pool dropped %d batch(es) (%d jobs) when the broker connection "
+                        "was lost; %d slot(s) busy now", len(dropped),
+                        sum(len(b.reqs) for b in dropped), self._inflight)
+        returned = [r for r in give_back if _still_unacked(r) and self._give_back(r)]
+        if returned:
+            log.info("gave back %d message(s) of the lost broker connection", len(returned))
 
     def _suspect(self, job_id: str) -> None:
         """Remember a job whose batch lost its process: it runs alone from now on."""
@@ -179,16 +284,58 @@ class PredictBatches(Batches):
             chunk, reqs = reqs[: self.max_batch_jobs], reqs[self.max_batch_jobs:]
             self.flush(chunk)
 
-    def _on_slot_free(self) -> None:
-        self._inflight -= 1
+    def _settle(self, batch: _Batch) -> bool:
+        """The batch returned: free its slot. False if it was already forgotten."""
+        return self._batches.pop(batch.id, None) is not None
+
+    def _flush_if_free(self) -> None:
         if self._reqs and self._inflight < self._slots:
             self._flush_now()
 
-    def _requeue(self, reqs: list[Any]) -> None:
-        for r in reqs:
-            r.reject(requeue=True)
-        if self._reqs and self._inflight < self._slots:
-            self._flush_now()
+    def _give_back(self, req: Any) -> bool:
+        """Requeue one message at the head of its queue; False (logged) when that failed.
+
+        Unlike ``Request.reject``, a failure leaves the request unsettled, so it can be
+        given back later (Celery's reject marks it acknowledged even when the broker refused).
+        """
+        msg = req.message
+        if req.acknowledged or msg.acknowledged:
+            return True
+        try:
+            msg.reject(requeue=True)
+        except Exception as e:
+            log.warning("could not requeue job %s: %r", req.id, e)
+            return False
+        req.acknowledged = True
+        try:
+            req.send_event("task-rejected", requeue=True)
+        except Exception:
+            log.debug("task-rejected event of %s not sent", req.id, exc_info=True)
+        return True
+
+    def _requeue(self, reqs: list[Any], attempt: int = 0) -> None:
+        """After the retry pause: give a failed batch's messages back, each on its own.
+
+        One message the broker refuses (Redis is likely down again) does not keep the others
+        unacknowledged: the refused ones are tried again after longer pauses (a few times;
+        then kombu's visibility timeout brings them back).
+        """
+        # A request of a connection lost since then is kombu's, unless kombu could not restore
+        # it (Redis was down when that channel closed).
+        mine = [r for r in reqs if getattr(r, "_predq_generation", 0) == self._generation
+                or _still_unacked(r)]
+        left = [r for r in mine if not self._give_back(r)]
+        if left:
+            if attempt < 5:
+                self._timer.call_after(min(30.0, self.retry_pause_s * 2 ** (attempt + 1)),
+                                       self._requeue, (left, attempt + 1))
+            else:
+                log.error("could not requeue %d job(s) after %d tries; the broker redelivers "
+                          "them after the visibility timeout", len(left), attempt + 1)
+        self._flush_if_free()
+
+    def _on_slot_free(self) -> None:
+        self._flush_if_free()
 
     def return_buffered(self) -> int:
         """Shutdown: give the buffered (never started) requests back to the broker.
@@ -201,19 +348,21 @@ class PredictBatches(Batches):
             self._tref.cancel()
             self._tref = None
         reqs, self._reqs, self._rows = self._reqs, [], 0
+        returned = 0
         for r in reqs:
-            try:
-                r.reject(requeue=True)
-            except Exception as e:  # the channel is gone: the broker restores it on its own
-                log.warning("could not requeue job %s: %r", r.id, e)
-        return len(reqs)
+            if self._give_back(r):
+                returned += 1
+            else:  # the broker is unreachable: kombu restores it, or we do at the reconnect
+                self._unreturned.append(r)
+        return returned
 
     def flush(self, requests: Any) -> Any:
         reqs = list(requests)
         batch_id = uuid.uuid4().hex[:12]
         payload = [(str(r.args[0]), str(r.args[1]), str(r.args[2]), int(r.args[3]))
                    for r in reqs]
-        self._inflight += 1
+        batch = _Batch(batch_id, reqs, self._generation)
+        self._batches[batch_id] = batch
         t_start = [time.time()]
         _announce(reqs)
 
@@ -229,9 +378,10 @@ class PredictBatches(Batches):
 
         def on_return(result: dict[str, Any]) -> None:
             if isinstance(result, dict) and "retry" in result:
-                # Not the jobs' fault: put them back after a pause (no hot loop).
-                self._inflight -= 1
+                # Not the jobs' fault: put them back after a pause (no hot loop); the slot is
+                # free meanwhile, so the buffer goes to the pool (the retry may well work).
                 self._timer.call_after(self.retry_pause_s, self._requeue, (reqs,))
+                self._flush_if_free()
                 return
             try:
                 outcomes = result.get("outcomes", {}) if isinstance(result, dict) else {}
@@ -270,8 +420,23 @@ class PredictBatches(Batches):
             finally:
                 self._on_slot_free()
 
-        return self._pool.apply_async(
-            execute_batch, (self, batch_id, payload),
-            accept_callback=on_accepted, callback=on_return, error_callback=on_error,
-            timeout=self.batch_time_limit, soft_timeout=None,
-        )
+        return self._apply(batch, payload, on_accepted, on_return, on_error)
+
+    def _apply(self, batch: _Batch, payload: list[tuple[str, str, str, int]],
+               on_accepted: Any, on_return: Any, on_error: Any) -> Any:
+        def settled(fn: Any) -> Any:  # a batch's callbacks first free its slot
+            def call(arg: Any) -> None:
+                if self._settle(batch):
+                    fn(arg)
+            return call
+
+        try:
+            batch.result = self._pool.apply_async(
+                execute_batch, (self, batch.id, payload), accept_callback=on_accepted,
+                callback=settled(on_return), error_callback=settled(on_error),
+                timeout=self.batch_time_limit, soft_timeout=None,
+            )
+        except BaseException:
+            self._settle(batch)
+            raise
+        return batch.result

@@ -109,9 +109,15 @@ def _replay(client: httpx.Client, curl: Curl) -> httpx.Response:
                           content=curl.data.encode() if curl.data is not None else None)
 
 
-def test_up_serves_the_demo_and_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", [False, True], ids=["default", "durable-submit"])
+def test_up_serves_the_demo_and_stops_everything(tmp_path: Path, durable: bool) -> None:
+    """With PREDQ_DURABLE_SUBMIT on, ``predq up`` starts its Redis with appendfsync always:
+    on a Redis without WAITAOF (7.0 here) the demo submit gets its 202 only because of that
+    (else it would be a 503 naming appendfsync)."""
     port, flower_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREDQ_")}
+    if durable:
+        env["PREDQ_DURABLE_SUBMIT"] = "true"
     env.update(
         PREDQ_REGISTRY_ROOT=str(tmp_path / "registry"),
         PREDQ_HOME=str(tmp_path / "home"),  # its Redis data, state file and dev key

@@ -158,3 +158,22 @@ def test_two_servers_never_share_a_dir(
     first = start_redis(appendonly=True)
     with pytest.raises(RedisServerError, match="already uses"):
         RedisServer(dir=first.dir).start()
+
+
+def test_appendfsync_always_fsyncs_every_write_and_survives_a_sigkill(
+    start_redis: Callable[..., RedisServer],
+) -> None:
+    """What ``predq up`` starts with PREDQ_DURABLE_SUBMIT on (shared.durability)."""
+    server = start_redis(appendonly=True, appendfsync="always")
+    with server.client() as client:
+        cfg = client.config_get("append*")
+        assert (cfg["appendonly"], cfg["appendfsync"]) == ("yes", "always")
+        client.set("k", "v")  # no explicit flush: the reply came after the fsync
+    server.restart(kill=True)
+    with server.client() as client:
+        assert client.get("k") == b"v"
+
+
+def test_appendfsync_must_be_a_redis_value() -> None:
+    with pytest.raises(ValueError, match="appendfsync"):
+        RedisServer(appendfsync="sometimes")
