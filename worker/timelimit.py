@@ -13,11 +13,13 @@ only raises where that cannot happen:
 - only inside :func:`interruptible` (the predict call proper). An alarm that fires anywhere
   else under :func:`time_limit` (our own logging, rendering, bookkeeping) is remembered, and
   raised when the next interruptible call begins;
-- and only when the interrupted frame is not in one of the :data:`UNSAFE` modules (logging,
-  threading, joblib, importlib, ...), unless it is blocked in a plain wait there (a
-  ``time.sleep`` or a ``Condition.wait``, which are interruptible by design). Otherwise the
-  alarm is re-armed for :data:`RETRY_S` and tried again once the model is back in its own
-  code.
+- and only when no frame of the predict call's stack is in one of the :data:`NEVER` modules
+  (logging, importlib, warnings, ...: a model that logs is interrupted once its log call has
+  returned), and the interrupted frame itself is not in one of the :data:`UNSAFE` modules
+  (threading, joblib, ...), unless it is blocked in a plain wait there (a ``time.sleep`` or a
+  ``Condition.wait``, which are interruptible by design: a model waiting for its joblib
+  threads is still stopped). Otherwise the alarm is re-armed for :data:`RETRY_S` and tried
+  again once the model is back in its own code.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from __future__ import annotations
 import linecache
 import re
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
 
-#: Modules whose own frames are never interrupted (shared locks or global state).
-UNSAFE = ("logging", "threading", "joblib", "threadpoolctl", "importlib", "warnings",
-          "contextlib", "concurrent", "queue", "multiprocessing", "weakref", "_weakrefset",
-          "worker.timelimit")
+#: Modules with process-wide locks or state: no exception while any of their frames runs.
+NEVER = ("logging", "importlib", "warnings", "contextlib", "worker.timelimit")
+#: Modules whose own frames are not interrupted (locks shared with other threads), except in
+#: a plain wait.
+UNSAFE = ("threading", "joblib", "threadpoolctl", "concurrent", "queue", "multiprocessing",
+          "weakref", "_weakrefset", *NEVER)
 #: Lines of those modules that only wait (blocked on a lock or sleeping, holding nothing
 #: the exception would leak): an alarm there may raise.
 _WAIT_LINE = re.compile(r"^\s*(gotit = )?waiter\.acquire\(|^\s*time\.sleep\(|"
@@ -54,25 +59,33 @@ class _Limit:
     def __init__(self, seconds: float) -> None:
         self.message = f"predict took longer than the time limit of {seconds:g} s"
         self.expired = False
-        self.depth = 0
+        self.entered: list[FrameType | None] = []  # the frame of each interruptible call
 
 
 _current: _Limit | None = None
 
 
-def _module_of(frame: FrameType) -> str:
-    return str(frame.f_globals.get("__name__", ""))
+def _in(frame: FrameType, modules: tuple[str, ...]) -> bool:
+    name = str(frame.f_globals.get("__name__", ""))
+    return any(name == m or name.startswith(m + ".") for m in modules)
 
 
-def safe_to_raise(frame: FrameType | None) -> bool:
-    """Whether an exception may be raised in ``frame`` (the one the signal interrupted)."""
+def safe_to_raise(frame: FrameType | None, stop: FrameType | None = None) -> bool:
+    """Whether an exception may be raised in ``frame`` (the one the signal interrupted),
+    looking at its callers up to ``stop`` (the frame that began the predict call)."""
     if frame is None:
         return False
-    name = _module_of(frame)
-    if not any(name == m or name.startswith(m + ".") for m in UNSAFE):
-        return True
-    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
-    return bool(_WAIT_LINE.match(line))
+    if _in(frame, UNSAFE):
+        if _in(frame, NEVER) or not frame.f_lineno:  # (no line number mid-instruction)
+            return False
+        if not _WAIT_LINE.match(linecache.getline(frame.f_code.co_filename, frame.f_lineno)):
+            return False
+    caller = frame.f_back
+    while caller is not None and caller is not stop:
+        if _in(caller, NEVER):
+            return False
+        caller = caller.f_back
+    return True
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
@@ -80,9 +93,13 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
     if limit is None:
         return
     limit.expired = True
-    if limit.depth <= 0:
+    if not limit.entered:
         return  # outside the predict call proper: raised when the next one begins
-    if safe_to_raise(frame):
+    try:
+        safe = safe_to_raise(frame, limit.entered[-1])
+    except Exception:  # never raise anything else from a signal handler
+        safe = False
+    if safe:
         raise JobTimeLimit(limit.message)
     signal.setitimer(signal.ITIMER_REAL, RETRY_S)
 
@@ -117,13 +134,13 @@ class _Interruptible:
             return
         if limit.expired:
             raise JobTimeLimit(limit.message)
-        limit.depth += 1
+        limit.entered.append(sys._getframe(1))
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         limit = _current
-        if limit is not None and limit.depth > 0:
-            limit.depth -= 1
+        if limit is not None and limit.entered:
+            limit.entered.pop()
 
 
 def interruptible() -> _Interruptible:
