@@ -44,7 +44,7 @@ UNSAFE = ("threading", "joblib", "threadpoolctl", "concurrent", "queue", "multip
 _WAIT_LINE = re.compile(r"^\s*(gotit = )?waiter\.acquire\(|^\s*time\.sleep\(|"
                         r"^\s*if lock\.acquire\(block, timeout\):")
 #: Seconds until a deferred alarm is tried again.
-RETRY_S = 0.005
+RETRY_S = 0.001
 
 
 class JobTimeLimit(BaseException):  # noqa: N818 - mirrors Celery's TimeLimitExceeded
