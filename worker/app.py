@@ -69,7 +69,7 @@ class _ProcessState:
         """The consumer's job-store scripts (lease renewals and releases); short timeouts,
         as they run on the consumer's event loop."""
         if self.lease_scripts is None:
-            client = sync_client(settings, socket_timeout=2.0, socket_connect_timeout=2.0)
+            client = sync_client(settings, socket_timeout=1.0, socket_connect_timeout=1.0)
             self.lease_scripts = Scripts(client, Keys(settings.key_prefix))
         return self.lease_scripts
 

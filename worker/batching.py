@@ -140,8 +140,10 @@ class PredictBatches(Batches):
         self._timer: Any = None
         self._tref: Any = None
         self._suspects: OrderedDict[str, None] = OrderedDict()
-        #: Lease token -> job id of every request handed to the pool and not returned yet.
-        self._leases: dict[str, str] = {}
+        #: Lease token -> (job id, renew-until) of every request handed to the pool and not
+        #: returned yet. Renewals stop at renew-until (twice the batch's hard limit after its
+        #: flush), so a batch whose callbacks never come cannot keep a lease alive forever.
+        self._leases: dict[str, tuple[str, float]] = {}
 
     # -- pool side ----------------------------------------------------------------
     def run_batch(self, batch_id: str, requests: list[Any]) -> dict[str, Any]:
@@ -184,9 +186,12 @@ class PredictBatches(Batches):
 
     def _renew(self) -> None:
         """Keep the leases of the jobs in flight alive (a live worker's never lapse)."""
+        now = time.monotonic()
+        for token in [t for t, (_, until) in self._leases.items() if until < now]:
+            del self._leases[token]
         if self._leases:
             try:
-                self.renew_leases([(job_id, t) for t, job_id in self._leases.items()])
+                self.renew_leases([(job_id, t) for t, (job_id, _) in self._leases.items()])
             except Exception as e:
                 log.warning("could not renew the leases of %d jobs: %r", len(self._leases), e)
 
@@ -207,6 +212,9 @@ class PredictBatches(Batches):
         log.warning("%d jobs stay unacknowledged until the visibility timeout (their leases "
                     "could not be released)", len(reqs))
         return []
+
+    def _give_back_and_requeue(self, reqs: list[Any]) -> None:
+        self._requeue(self._give_back(reqs))
 
     def _add(self, req: Any) -> None:
         if req.id in self._suspects:  # it was in a batch whose process died: run it alone
@@ -273,10 +281,11 @@ class PredictBatches(Batches):
     def _leased(self, reqs: list[Any]) -> list[tuple[str, str, str, int, str]]:
         """The pool's payload of a batch; each request's lease token (one per message held,
         kept when the same request runs again) is renewed while the batch is in flight."""
+        until = time.monotonic() + 2 * (self.batch_time_limit or 86_400.0)
         for r in reqs:
             if not getattr(r, "_predq_token", None):
                 r._predq_token = uuid.uuid4().hex
-            self._leases[r._predq_token] = str(r.args[0])
+            self._leases[r._predq_token] = (str(r.args[0]), until)
         return [(str(r.args[0]), str(r.args[1]), str(r.args[2]), int(r.args[3]),
                  r._predq_token) for r in reqs]
 
@@ -307,8 +316,8 @@ class PredictBatches(Batches):
             if isinstance(result, dict) and "retry" in result:
                 # Not the jobs' fault: put them back after a pause (no hot loop).
                 self._inflight -= 1
-                self._timer.call_after(self.retry_pause_s, self._requeue,
-                                       (self._give_back(reqs),))
+                self._timer.call_after(self.retry_pause_s, self._give_back_and_requeue,
+                                       (reqs,))
                 return
             try:
                 _send_outcomes(reqs, result if isinstance(result, dict) else {}, batch_id,

@@ -16,6 +16,7 @@ import pytest
 from predq.demo import iris_sample_rows
 from shared.keys import Keys
 from tests.worker.test_predict import env_, job, submit  # noqa: F401 - the fixture
+from worker.batching import PredictBatches
 from worker.reaper import reap
 
 pytestmark = pytest.mark.integration
@@ -129,3 +130,51 @@ def test_the_reaper_leaves_a_job_with_a_live_lease_alone(env_: dict[str, Any]) -
     # r1 is still leased: looked at again only stuck_after_s later
     assert e["client"].zscore(keys.running(), "r1") == pytest.approx(later)
     assert claim(e, "r2", "C") == "ok" and deliveries(e, "r2") == 2
+
+
+class _Req:
+    """The part of a Celery request the consumer's lease bookkeeping uses."""
+
+    def __init__(self, job_id: str) -> None:
+        self.id = job_id
+        self.args = [job_id, "iris", "1", 1]
+
+
+class _Batcher(PredictBatches):
+    batch_time_limit = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewed: list[list[tuple[str, str]]] = []
+        self.released: list[list[tuple[str, str]]] = []
+        self.down = False
+
+    def renew_leases(self, leases: list[tuple[str, str]]) -> None:
+        self.renewed.append(sorted(leases))
+
+    def release_leases(self, leases: list[tuple[str, str]]) -> bool:
+        if self.down:
+            raise ConnectionError("Redis is down")
+        self.released.append(sorted(leases))
+        return True
+
+
+def test_the_consumer_renews_the_leases_of_its_jobs_in_flight_only() -> None:
+    b = _Batcher()
+    reqs = [_Req("a"), _Req("b")]
+    payload = b._leased(reqs)
+    tokens = [p[4] for p in payload]
+    assert len(set(tokens)) == 2 and [p[:4] for p in payload] == [
+        ("a", "iris", "1", 1), ("b", "iris", "1", 1)]
+    assert b._leased(reqs[:1])[0][4] == tokens[0]  # the same message keeps its token
+    b._renew()
+    assert b.renewed == [sorted([("a", tokens[0]), ("b", tokens[1])])]
+    # a batch whose callbacks never come stops being renewed after twice its hard limit
+    b._leases[tokens[1]] = ("b", time.monotonic() - 1)
+    b._renew()
+    assert b.renewed[-1] == [("a", tokens[0])]
+    # a message goes back to the queue only once its lease is released
+    assert b._give_back(reqs[:1]) == reqs[:1]
+    assert b.released == [[("a", tokens[0])]]
+    b.down = True
+    assert b._give_back(reqs[:1]) == []  # left unacknowledged: kombu restores it later
