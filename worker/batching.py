@@ -17,6 +17,12 @@ revoked) so that Flower shows every job; per-job results and failures are writte
 :class:`worker.predict.BatchPredictor`; messages are acknowledged only after their batch
 returned, and a batch whose pool process died is requeued (the job store counts deliveries
 and fails a job that keeps killing workers).
+
+Each message held gets a lease token, passed to the claim: while the batch is in flight the
+consumer renews its jobs' leases (``lease_renew_s``), so that a duplicate message of one of
+them (kombu restoring an old unacknowledged message, the reaper republishing) is skipped by
+the claim instead of predicted again; it is acknowledged and sends no final event. Before a
+message goes back to the queue its lease is released.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Framework-free: :meth:`BatchPredictor.run` takes plain request tuples, talks to Redis in two
 round trips (claim, finish) whatever the batch size, and returns what happened to each job.
-Invariants: every job handed in gets exactly one outcome; ``len(outputs) == len(inputs)`` is
-checked per call; a failure fails only the jobs it touches (a raising batch is bisected, so
-one poison row fails its own job and not its neighbours); nothing is left ``running``.
+Invariants: every job handed in gets exactly one outcome, except a duplicate delivery (the job
+runs under another delivery's live claim lease, or already ended through one), which is
+skipped and listed in ``BatchReport.duplicates``; ``len(outputs) == len(inputs)`` is checked
+per call; a failure fails only the jobs it touches (a raising batch is bisected, so one
+poison row fails its own job and not its neighbours; a merged call past the time limit is
+re-run job by job, so only the slow job fails); nothing is left ``running``.
 """
 
 from __future__ import annotations
