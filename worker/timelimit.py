@@ -14,12 +14,12 @@ only raises where that cannot happen:
   else under :func:`time_limit` (our own logging, rendering, bookkeeping) is remembered, and
   raised when the next interruptible call begins;
 - and only when no frame of the predict call's stack is in one of the :data:`NEVER` modules
-  (logging, importlib, warnings, ...: a model that logs is interrupted once its log call has
-  returned), and the interrupted frame itself is not in one of the :data:`UNSAFE` modules
-  (threading, joblib, ...), unless it is blocked in a plain wait there (a ``time.sleep`` or a
-  ``Condition.wait``, which are interruptible by design: a model waiting for its joblib
-  threads is still stopped). Otherwise the alarm is re-armed for :data:`RETRY_S` and tried
-  again once the model is back in its own code.
+  (logging, importlib: a model that logs is interrupted once its log call has returned), and
+  the interrupted frame itself is not in one of the :data:`UNSAFE` modules (threading,
+  joblib, contextlib, warnings, ...), unless it is blocked in a plain wait there (a
+  ``time.sleep`` or a ``Condition.wait``, which are interruptible by design: a model waiting
+  for its joblib threads is still stopped). Otherwise the alarm is re-armed for
+  :data:`RETRY_S` and tried again once the model is back in its own code.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
 
-#: Modules with process-wide locks or state: no exception while any of their frames runs.
-NEVER = ("logging", "importlib", "warnings", "contextlib", "worker.timelimit")
-#: Modules whose own frames are not interrupted (locks shared with other threads), except in
-#: a plain wait.
-UNSAFE = ("threading", "joblib", "threadpoolctl", "concurrent", "queue", "multiprocessing",
-          "weakref", "_weakrefset", *NEVER)
+#: Modules that hold a process-wide lock while they call other code (a logging handler's
+#: lock around emit, an import's module lock): no exception while any of their frames runs.
+NEVER = ("logging", "importlib", "worker.timelimit")
+#: Modules whose own code manipulates locks or global state (shared with other threads, or
+#: restored on exit): not interrupted while they run, except in a plain wait.
+UNSAFE = ("threading", "joblib", "threadpoolctl", "contextlib", "warnings", "concurrent",
+          "queue", "multiprocessing", "weakref", "_weakrefset", *NEVER)
 #: Lines of those modules that only wait (blocked on a lock or sleeping, holding nothing
 #: the exception would leak): an alarm there may raise.
 _WAIT_LINE = re.compile(r"^\s*(gotit = )?waiter\.acquire\(|^\s*time\.sleep\(|"
@@ -80,6 +81,8 @@ def safe_to_raise(frame: FrameType | None, stop: FrameType | None = None) -> boo
             return False
         if not _WAIT_LINE.match(linecache.getline(frame.f_code.co_filename, frame.f_lineno)):
             return False
+    if frame is stop:
+        return True
     caller = frame.f_back
     while caller is not None and caller is not stop:
         if _in(caller, NEVER):

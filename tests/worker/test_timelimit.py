@@ -143,3 +143,20 @@ def test_a_model_waiting_on_joblib_threads_is_still_interrupted() -> None:
 
     with pytest.raises(JobTimeLimit), time_limit(0.2), interruptible():
         Parallel(n_jobs=2, prefer="threads")(delayed(time.sleep)(0.5) for _ in range(20))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["forest", "forest-threads", "hgb"])
+def test_real_scikit_learn_models_are_still_interrupted(kind: str) -> None:
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2000, 8))
+    y = (x[:, 0] > 0.5).astype(int)
+    est = {"forest": lambda: RandomForestClassifier(50, n_jobs=1),
+           "forest-threads": lambda: RandomForestClassifier(50, n_jobs=2),
+           "hgb": lambda: HistGradientBoostingClassifier(max_iter=20)}[kind]().fit(x, y)
+    with pytest.raises(JobTimeLimit), time_limit(0.05), interruptible():
+        while True:  # a model far slower than the limit
+            est.predict_proba(x)
