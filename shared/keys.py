@@ -67,6 +67,12 @@ class Keys:
         """The highest sequence number a worker has claimed for one model (queue position)."""
         return f"{self.prefix}:claimed:{model}"
 
+    def lease(self, job_id: str) -> str:
+        """String (expires): the token of the delivery predicting a running job. While it
+        lives, another delivery of the job is a duplicate: skipped, not predicted or counted.
+        Set by the claim, renewed by the worker's consumer, deleted when the job ends."""
+        return f"{self.prefix}:lease:{job_id}"
+
     def queued(self) -> str:
         """Sorted set of queued job ids (score: submit time), scanned by the reaper."""
         return f"{self.prefix}:queued"

@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     # -- reliability -----------------------------------------------------------------
     job_time_limit_s: PositiveFloat = Field(
         300.0,
-        description="Time limit of one predict call per model version; its jobs fail past it.",
+        description="Time limit of predicting one job; a job slower than this fails alone.",
     )
     max_deliveries: PositiveInt = Field(
         5, description="A job delivered this many times without finishing is failed (poison)."

@@ -11,7 +11,9 @@ awaitable of it).
 
 from __future__ import annotations
 
+import math
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,18 +68,26 @@ redis.call('ZADD', KEYS[7], ARGV[8], ARGV[1])
 return {ARGV[1], ARGV[5]}
 """
 
-# KEYS: the batch's job hashes.
+# KEYS: the batch's job hashes, then (in the same order) their lease keys.
 # ARGV: now_iso, now_unix, max_deliveries, channel, running set, result ttl, queued index,
-#       then per job its model's queued-rows counter, claimed-seq key and row count.
+#       lease ms, then per job its model's queued-rows counter, claimed-seq key, row count
+#       and the delivery's lease token.
 # For each job returns {code, inputs, webhook[, created_at]}: code is 'ok' (claimed; now
-# running; created_at gives the worker the queue wait for predq_queue_wait_seconds), or the
-# reason it is skipped: 'missing', a terminal status, 'expired' (deadline passed), 'poison'.
+# running, its lease held by this token; created_at gives the worker the queue wait for
+# predq_queue_wait_seconds), or the reason it is skipped: 'missing', a terminal status,
+# 'expired' (deadline passed), 'poison', or 'leased' (a duplicate: another delivery holds
+# the job's live lease and is predicting it; not predicted, not counted as a delivery).
+# A running job whose lease is gone (its worker died) or is held by this same token (the
+# consumer re-runs a batch whose pool process died) is a real redelivery: counted.
 _CLAIM = """
 local out = {}
-local function ended(key, status, err)
+local n = #KEYS / 2
+local function ended(i, status, err)
+  local key = KEYS[i]
   local id = string.sub(key, string.find(key, ':job:', 1, true) + 5)
   redis.call('HSET', key, 'status', status, 'finished_at', ARGV[1], 'error', err)
   redis.call('HDEL', key, 'inputs')
+  redis.call('DEL', KEYS[n + i])
   redis.call('ZREM', ARGV[5], id)
   redis.call('EXPIRE', key, ARGV[6])
   local ik = redis.call('HGET', key, 'idem')
@@ -102,10 +112,11 @@ local function poison_error(key, tries)
   return cjson.encode({type = 'ResultNotStored',
                        message = msg .. '; delivered ' .. tries .. ' times, not retried again'})
 end
-for i, key in ipairs(KEYS) do
+for i = 1, n do
+  local key = KEYS[i]
+  local b = 8 + 4 * (i - 1)
+  local qrows, claimed, token = ARGV[b + 1], ARGV[b + 2], ARGV[b + 4]
   local st = redis.call('HGET', key, 'status')
-  local qrows = ARGV[5 + 3 * i]
-  local claimed = ARGV[6 + 3 * i]
   -- a job cancelled while queued had its rows taken off then (see _CANCEL's mark)
   local unqueued = string.sub(key, 1, string.find(key, ':job:', 1, true)) .. 'unqueued:' ..
     string.sub(key, string.find(key, ':job:', 1, true) + 5)
@@ -113,13 +124,15 @@ for i, key in ipairs(KEYS) do
     -- gone before it ran (past PREDQ_MAX_JOB_AGE_S, or cancelled and past the result TTL):
     -- its rows no longer wait, unless the cancel already took them off
     if redis.call('DEL', unqueued) == 0 and
-        tonumber(redis.call('DECRBY', qrows, ARGV[7 + 3 * i])) < 0 then
+        tonumber(redis.call('DECRBY', qrows, ARGV[b + 3])) < 0 then
       redis.call('SET', qrows, 0)
     end
     out[i] = {'missing', '', ''}
   elseif st ~= 'queued' and st ~= 'running' then
     if st == 'cancelled' then redis.call('DEL', unqueued) end
     out[i] = {st, '', ''}
+  elseif st == 'running' and (redis.call('GET', KEYS[n + i]) or token) ~= token then
+    out[i] = {'leased', '', ''}
   else
     if st == 'queued' then
       redis.call('DECRBY', qrows, redis.call('HGET', key, 'n_inputs'))
@@ -128,17 +141,18 @@ for i, key in ipairs(KEYS) do
       if seq > tonumber(redis.call('GET', claimed) or '0') then redis.call('SET', claimed, seq) end
     end
     local deadline = redis.call('HGET', key, 'cancel_after')
-    local n = redis.call('HINCRBY', key, 'deliveries', 1)
+    local d = redis.call('HINCRBY', key, 'deliveries', 1)
     if st == 'queued' and deadline and tonumber(ARGV[2]) > tonumber(deadline) then
-      ended(key, 'expired', '{"type":"Expired","message":"cancel_after passed while queued"}')
+      ended(i, 'expired', '{"type":"Expired","message":"cancel_after passed while queued"}')
       out[i] = {'expired', '', ''}
-    elseif n > tonumber(ARGV[3]) then
-      ended(key, 'failed', poison_error(key, n - 1))
+    elseif d > tonumber(ARGV[3]) then
+      ended(i, 'failed', poison_error(key, d - 1))
       out[i] = {'poison', '', ''}
     else
       if st == 'queued' then
         redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1])
       end
+      redis.call('SET', KEYS[n + i], token, 'PX', ARGV[8])
       redis.call('ZADD', ARGV[5], ARGV[2], string.sub(key, string.find(key, ':job:', 1, true) + 5))
       local f = redis.call('HMGET', key, 'inputs', 'webhook', 'created_at')
       out[i] = {'ok', f[1] or '', f[2] or '', f[3] or ''}
@@ -148,17 +162,25 @@ end
 return out
 """
 
-# KEYS: job hashes.  ARGV: now_iso, ttl, channel, running set, then per job 5 values:
-# status, field ('outputs' or 'error'), payload, webhook queue ('' for none), webhook message.
+# KEYS: job hashes, then (in the same order) their lease keys.
+# ARGV: now_iso, ttl, channel, running set, then per job 6 values: status, field ('outputs'
+# or 'error'), payload, webhook queue ('' for none), webhook message, predicted ('1' when
+# the worker ran predict for the job: counted in its 'predictions' field, finished or not).
 # A job is finished only while it is 'running'; returns 1 per job finished, 0 if discarded.
 _FINISH = """
 local out = {}
-for i, key in ipairs(KEYS) do
-  local b = 4 + (i - 1) * 5
+local n = #KEYS / 2
+for i = 1, n do
+  local key = KEYS[i]
+  local b = 4 + (i - 1) * 6
   redis.call('ZREM', ARGV[4], string.sub(key, string.find(key, ':job:', 1, true) + 5))
+  if ARGV[b + 6] == '1' and redis.call('EXISTS', key) == 1 then
+    redis.call('HINCRBY', key, 'predictions', 1)
+  end
   if redis.call('HGET', key, 'status') == 'running' then
     redis.call('HSET', key, 'status', ARGV[b + 1], 'finished_at', ARGV[1], ARGV[b + 2], ARGV[b + 3])
     redis.call('HDEL', key, 'inputs')
+    redis.call('DEL', KEYS[n + i])
     redis.call('EXPIRE', key, ARGV[2])
     local ik = redis.call('HGET', key, 'idem')
     if ik then redis.call('EXPIRE', ik, ARGV[2]) end
@@ -170,6 +192,33 @@ for i, key in ipairs(KEYS) do
   end
 end
 return out
+"""
+
+# KEYS: lease keys.  ARGV: lease ms, then one token per key.
+# Renews (PEXPIRE) each lease still held by its token; returns how many were renewed.
+_RENEW = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS: lease keys.  ARGV: one token per key.
+# Deletes each lease still held by its token (its delivery gave the job back); returns how
+# many were held.
+_RELEASE = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then
+    redis.call('DEL', key)
+    n = n + 1
+  end
+end
+return n
 """
 
 # KEYS: job hash, queued-rows counter, running set, queued index, unqueued mark.
@@ -199,6 +248,25 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 'cancelled'
 """
 
+#: Bounds of a claim's lease (see :func:`lease_seconds`).
+MIN_LEASE_S, MAX_LEASE_S = 2.0, 30.0
+DEFAULT_LEASE_S = MAX_LEASE_S
+
+
+def lease_seconds(visibility_timeout_s: float) -> float:
+    """How long a claim's lease lives without renewal (the worker renews it every quarter).
+
+    A third of the visibility timeout (2 to 30 s): a dead worker's lease has lapsed by the
+    time kombu restores its unacknowledged messages, so the restored copy is a real
+    redelivery; a live worker's consumer renews it many times within that span.
+    """
+    return min(MAX_LEASE_S, max(MIN_LEASE_S, visibility_timeout_s / 3))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
 #: Fields of the job hash returned by GET (``inputs`` is never read back by the API).
 VIEW_FIELDS = (
     "status", "model", "version", "n_inputs", "created_at", "started_at", "finished_at",
@@ -223,6 +291,8 @@ class Scripts:
         self._finish = client.register_script(_FINISH)
         self._finish_loaded = False
         self._cancel = client.register_script(_CANCEL)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
 
     def submit(self, *, job_id: str, fields: dict[str, Any], message: bytes, queue: str,
                model: str, n_rows: int, ttl: int, idempotency_key: str | None = None,
@@ -244,27 +314,49 @@ class Scripts:
         )
 
     def claim(self, job_ids: list[str], models: list[str], max_deliveries: int,
-              n_rows: list[int], ttl: int) -> Any:
-        """Claim a batch's jobs (``ttl``: the result TTL of jobs that end right here)."""
+              n_rows: list[int], ttl: int, tokens: list[str] | None = None,
+              lease_s: float = DEFAULT_LEASE_S) -> Any:
+        """Claim a batch's jobs (``ttl``: the result TTL of jobs that end right here).
+
+        ``tokens`` name each request's delivery (one per message the worker holds; fresh
+        ones when omitted): a claimed job's lease holds its token for ``lease_s``.
+        """
+        if tokens is None:
+            tokens = [uuid.uuid4().hex for _ in job_ids]
         per_job: list[Any] = []
-        for m, n in zip(models, n_rows, strict=True):
-            per_job += [self.keys.queued_rows(m), self.keys.claimed_seq(m), n]
+        for m, n, t in zip(models, n_rows, tokens, strict=True):
+            per_job += [self.keys.queued_rows(m), self.keys.claimed_seq(m), n, t]
         return self._claim(
-            keys=[self.keys.job(j) for j in job_ids],
+            keys=[self.keys.job(j) for j in job_ids] + [self.keys.lease(j) for j in job_ids],
             args=[now_iso(), time.time(), max_deliveries, self.keys.done_channel(),
-                  self.keys.running(), ttl, self.keys.queued(), *per_job],
+                  self.keys.running(), ttl, self.keys.queued(), _ms(lease_s), *per_job],
         )
 
+    def renew(self, leases: list[tuple[str, str]], lease_s: float) -> Any:
+        """Extend the leases ``(job_id, token)`` still held by their tokens; how many were."""
+        return self._renew(keys=[self.keys.lease(j) for j, _ in leases],
+                           args=[_ms(lease_s), *(t for _, t in leases)])
+
+    def release(self, leases: list[tuple[str, str]]) -> Any:
+        """Drop the leases ``(job_id, token)`` still held by their tokens (the deliveries give
+        their jobs back to the queue); returns how many were held."""
+        return self._release(keys=[self.keys.lease(j) for j, _ in leases],
+                             args=[t for _, t in leases])
+
     def finish(self, results: list[tuple[str, str, str, bytes, str, bytes]], ttl: int,
-               client: Any = None) -> Any:
+               client: Any = None, predicted: list[bool] | None = None) -> Any:
         """Finish jobs given as (job_id, status, field, payload, webhook_queue, message).
 
-        ``client`` may be a pipeline, to send this with other commands in one round trip.
+        ``predicted`` says per job whether predict ran for it (counted in its
+        ``predictions`` field; all when omitted). ``client`` may be a pipeline, to send this
+        with other commands in one round trip.
         """
+        if predicted is None:
+            predicted = [True] * len(results)
         args: list[Any] = [now_iso(), ttl, self.keys.done_channel(), self.keys.running()]
-        for _, status, field, payload, wq, msg in results:
-            args += [status, field, payload, wq, msg]
-        keys = [self.keys.job(r[0]) for r in results]
+        for (_, status, field, payload, wq, msg), ran in zip(results, predicted, strict=True):
+            args += [status, field, payload, wq, msg, "1" if ran else "0"]
+        keys = [self.keys.job(r[0]) for r in results] + [self.keys.lease(r[0]) for r in results]
         if client is not None and client is not self.client:
             # In a pipeline, redis-py would first send SCRIPT EXISTS (one more round trip per
             # batch): send EVALSHA directly once the script is known to be loaded. After a

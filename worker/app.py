@@ -20,7 +20,7 @@ from shared.messages import PREDICT_TASK
 from shared.redis_conn import celery_transport_options, sync_client
 from shared.registry import Registry
 from shared.settings import Settings
-from shared.store import Scripts
+from shared.store import Scripts, lease_seconds
 from worker.batching import PredictBatches
 from worker.cache import ModelCache
 from worker.delivery import poison_webhook, webhook_for
@@ -41,6 +41,7 @@ class _ProcessState:
         self.pid = -1
         self.predictor: BatchPredictor | None = None
         self.main_client: Any = None  # the consumer process's own client (the reaper)
+        self.lease_scripts: Scripts | None = None  # the consumer's, for claim leases
         self.cache: ModelCache | None = None
 
     def preload(self, settings: Settings, queues: set[str] | None) -> None:
@@ -75,6 +76,14 @@ class _ProcessState:
             observer.report_cache(client)
         finally:
             client.close()
+
+    def leases(self, settings: Settings) -> Scripts:
+        """The consumer's job-store scripts (lease renewals and releases); short timeouts,
+        as they run on the consumer's event loop."""
+        if self.lease_scripts is None:
+            client = sync_client(settings, socket_timeout=1.0, socket_connect_timeout=1.0)
+            self.lease_scripts = Scripts(client, Keys(settings.key_prefix))
+        return self.lease_scripts
 
     def get(self, settings: Settings) -> BatchPredictor:
         if self.predictor is None or self.pid != os.getpid():
@@ -148,17 +157,27 @@ def create_app(settings: Settings) -> Celery:
         # the process; this hard limit only replaces a process stuck inside one C call.
         batch_time_limit = settings.batch_time_limit_s
         reap_interval_s = settings.reaper_interval_s
+        # A claim's lease lives lease_seconds(); the consumer renews those of the jobs in
+        # flight four times as often, so a live worker's never lapse.
+        lease_renew_s = lease_seconds(settings.visibility_timeout_s) / 4
 
         def reap(self) -> None:
             if state.main_client is None:
                 state.main_client = sync_client(settings, socket_timeout=5)
             reap(state.main_client, Keys(settings.key_prefix), settings)
 
-        def run_batch(self, batch_id: str, requests: list[tuple[str, str, str, int]]
-                      ) -> dict[str, Any]:
+        def renew_leases(self, leases: list[tuple[str, str]]) -> None:
+            state.leases(settings).renew(leases, lease_seconds(settings.visibility_timeout_s))
+
+        def release_leases(self, leases: list[tuple[str, str]]) -> bool:
+            state.leases(settings).release(leases)
+            return True
+
+        def run_batch(self, batch_id: str, requests: list[Any]) -> dict[str, Any]:
             report = state.get(settings).run(batch_id, requests)
             return {"outcomes": report.outcomes, "n_jobs": report.n_jobs,
-                    "n_rows": report.n_rows, "calls": report.calls}
+                    "n_rows": report.n_rows, "calls": report.calls,
+                    "duplicates": report.duplicates}
 
         def on_batch_failure(self, batch_id: str, job_ids: list[str], reason: str) -> None:
             record_store_failure(state.get(settings).scripts.client, Keys(settings.key_prefix),

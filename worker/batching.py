@@ -24,6 +24,12 @@ batches handed to the pool are tracked one by one, and when the consumer starts 
 forgotten (Celery's ``AsynPool.flush`` discards every batch not yet accepted by a process
 without calling back), so the count of busy slots always matches the pool. Before that was
 done a worker could believe every slot busy forever and stall after a Redis restart.
+
+Each message held gets a lease token, passed to the claim: while the batch is in flight the
+consumer renews its jobs' leases (``lease_renew_s``), so that a duplicate message of one of
+them (kombu restoring an old unacknowledged message, the reaper republishing) is skipped by
+the claim instead of predicted again; it is acknowledged and sends no final event. Before a
+message goes back to the queue its lease is released.
 """
 
 from __future__ import annotations
@@ -72,6 +78,28 @@ def _announce(reqs: list[Any]) -> None:
             r.send_event("task-received", name=r.name, args=r.argsrepr, kwargs=r.kwargsrepr,
                          root_id=r.root_id, parent_id=r.parent_id, retries=0, eta=None,
                          expires=None)
+
+
+def _send_outcomes(reqs: list[Any], result: dict[str, Any], batch_id: str,
+                   runtime: float) -> None:
+    """Each request's final task event, from the batch's outcomes.
+
+    A duplicate delivery (of a job another delivery runs or ran) sends none: the other
+    delivery's event is the job's state, and Flower must not show it revoked or failed.
+    """
+    outcomes = result.get("outcomes", {})
+    duplicates = set(result.get("duplicates", ()))
+    for pos, r in enumerate(reqs):
+        if pos in duplicates:
+            continue
+        state, _, error = outcomes.get(r.id, ("FAILURE", 0, "no outcome"))
+        if state == "SUCCESS":
+            r.send_event("task-succeeded", result=f"batch {batch_id}", runtime=runtime)
+        elif state == "REVOKED":
+            r.send_event("task-revoked", terminated=False, signum=None,
+                         expired=error == "expired")
+        else:
+            r.send_event("task-failed", exception=str(error), traceback="")
 
 
 def ack_all(reqs: list[Any]) -> None:
@@ -163,6 +191,8 @@ class PredictBatches(Batches):
     reap_interval_s = 0.0
     #: Pause before a batch that failed outside its jobs is requeued.
     retry_pause_s = 1.0
+    #: Seconds between renewals of the claim leases of the jobs in flight (0: off).
+    lease_renew_s = 0.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -179,6 +209,11 @@ class PredictBatches(Batches):
         #: Requests of the previous connection that could not be given back when it was lost.
         self._unreturned: list[Any] = []
         self._suspects: OrderedDict[str, None] = OrderedDict()
+        #: Lease token -> (job id, renew-until) of every request handed to the pool and not
+        #: returned yet. Renewals stop at renew-until (twice the batch's hard limit after its
+        #: flush), so a batch whose callbacks never come cannot keep a lease alive forever.
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._renew_tref: Any = None
 
     @property
     def _inflight(self) -> int:
@@ -186,8 +221,8 @@ class PredictBatches(Batches):
         return len(self._batches)
 
     # -- pool side ----------------------------------------------------------------
-    def run_batch(self, batch_id: str, requests: list[tuple[str, str, str, int]]
-                  ) -> dict[str, Any]:
+    def run_batch(self, batch_id: str, requests: list[Any]) -> dict[str, Any]:
+        """Predict ``requests`` (``(job_id, model, version, n_rows, lease_token)``)."""
         raise NotImplementedError
 
     def on_batch_failure(self, batch_id: str, job_ids: list[str], reason: str) -> None:
@@ -195,6 +230,14 @@ class PredictBatches(Batches):
 
     def reap(self) -> None:
         """Consumer side, every ``reap_interval_s``: redeliver stuck jobs (worker.reaper)."""
+
+    def renew_leases(self, leases: list[tuple[str, str]]) -> None:
+        """Consumer side: extend the claim leases ``(job_id, token)`` of the jobs in flight."""
+
+    def release_leases(self, leases: list[tuple[str, str]]) -> bool:
+        """Consumer side: drop the leases ``(job_id, token)`` of requests about to go back to
+        the queue; False when that could not be done (then they must not be requeued)."""
+        return True
 
     # -- consumer side ------------------------------------------------------------
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery API)
@@ -210,6 +253,11 @@ class PredictBatches(Batches):
             self._reap_tref = None
         if self.reap_interval_s > 0:
             self._reap_tref = consumer.timer.call_repeatedly(self.reap_interval_s, self.reap)
+        if self._renew_tref is not None:
+            self._renew_tref.cancel()
+            self._renew_tref = None
+        if self.lease_renew_s > 0:
+            self._renew_tref = consumer.timer.call_repeatedly(self.lease_renew_s, self._renew)
         make_request = request_factory(task, app, consumer)
         generation = self._generation
 
@@ -250,6 +298,38 @@ class PredictBatches(Batches):
         self._suspects[job_id] = None
         while len(self._suspects) > 10_000:
             self._suspects.popitem(last=False)
+
+    def _renew(self) -> None:
+        """Keep the leases of the jobs in flight alive (a live worker's never lapse)."""
+        now = time.monotonic()
+        for token in [t for t, (_, until) in self._leases.items() if until < now]:
+            del self._leases[token]
+        if self._leases:
+            try:
+                self.renew_leases([(job_id, t) for t, (job_id, _) in self._leases.items()])
+            except Exception as e:
+                log.warning("could not renew the leases of %d jobs: %r", len(self._leases), e)
+
+    def _releasable(self, reqs: list[Any]) -> list[Any]:
+        """The requests that may go back to the queue: their leases are dropped first, so that
+        the redelivered message is not taken for a duplicate of a live delivery. If that
+        fails, none may: they stay unacknowledged and kombu restores them after the
+        visibility timeout, by when their leases have lapsed."""
+        leases = [(str(r.id), r._predq_token) for r in reqs
+                  if getattr(r, "_predq_token", None)]
+        if not leases:
+            return reqs
+        try:
+            if self.release_leases(leases):
+                return reqs
+        except Exception as e:
+            log.warning("could not release the leases of %d jobs: %r", len(leases), e)
+        log.warning("%d jobs stay unacknowledged until the visibility timeout (their leases "
+                    "could not be released)", len(reqs))
+        return []
+
+    def _give_back_and_requeue(self, reqs: list[Any]) -> None:
+        self._requeue(self._releasable(reqs))
 
     def _add(self, req: Any) -> None:
         if req.id in self._suspects:  # it was in a batch whose process died: run it alone
@@ -356,11 +436,21 @@ class PredictBatches(Batches):
                 self._unreturned.append(r)
         return returned
 
+    def _leased(self, reqs: list[Any]) -> list[tuple[str, str, str, int, str]]:
+        """The pool's payload of a batch; each request's lease token (one per message held,
+        kept when the same request runs again) is renewed while the batch is in flight."""
+        until = time.monotonic() + 2 * (self.batch_time_limit or 86_400.0)
+        for r in reqs:
+            if not getattr(r, "_predq_token", None):
+                r._predq_token = uuid.uuid4().hex
+            self._leases[r._predq_token] = (str(r.args[0]), until)
+        return [(str(r.args[0]), str(r.args[1]), str(r.args[2]), int(r.args[3]),
+                 r._predq_token) for r in reqs]
+
     def flush(self, requests: Any) -> Any:
         reqs = list(requests)
         batch_id = uuid.uuid4().hex[:12]
-        payload = [(str(r.args[0]), str(r.args[1]), str(r.args[2]), int(r.args[3]))
-                   for r in reqs]
+        payload = self._leased(reqs)
         batch = _Batch(batch_id, reqs, self._generation)
         self._batches[batch_id] = batch
         t_start = [time.time()]
@@ -376,26 +466,22 @@ class PredictBatches(Batches):
             except Exception:
                 log.exception("batch %s: could not send task-started events", batch_id)
 
+        def landed() -> None:
+            for r in reqs:
+                self._leases.pop(r._predq_token, None)
+
         def on_return(result: dict[str, Any]) -> None:
+            landed()
             if isinstance(result, dict) and "retry" in result:
                 # Not the jobs' fault: put them back after a pause (no hot loop); the slot is
                 # free meanwhile, so the buffer goes to the pool (the retry may well work).
-                self._timer.call_after(self.retry_pause_s, self._requeue, (reqs,))
+                self._timer.call_after(self.retry_pause_s, self._give_back_and_requeue,
+                                       (reqs,))
                 self._flush_if_free()
                 return
             try:
-                outcomes = result.get("outcomes", {}) if isinstance(result, dict) else {}
-                runtime = time.time() - t_start[0]
-                for r in reqs:
-                    state, _, error = outcomes.get(r.id, ("FAILURE", 0, "no outcome"))
-                    if state == "SUCCESS":
-                        r.send_event("task-succeeded", result=f"batch {batch_id}",
-                                     runtime=runtime)
-                    elif state == "REVOKED":
-                        r.send_event("task-revoked", terminated=False, signum=None,
-                                     expired=error == "expired")
-                    else:
-                        r.send_event("task-failed", exception=str(error), traceback="")
+                _send_outcomes(reqs, result if isinstance(result, dict) else {}, batch_id,
+                               time.time() - t_start[0])
                 ack_all(reqs)
             finally:
                 self._on_slot_free()
@@ -406,6 +492,7 @@ class PredictBatches(Batches):
             # a job that kills its process cannot take the jobs merged beside it down with it.
             # A job that dies alone is requeued; the job store counts deliveries, so one that
             # keeps killing its worker is failed after ``max_deliveries`` instead of looping.
+            landed()
             try:
                 log.error("batch %s lost its pool process (%r): %s %d jobs", batch_id, exc,
                           "isolating" if len(reqs) > 1 else "requeueing", len(reqs))
@@ -416,13 +503,14 @@ class PredictBatches(Batches):
                     else:
                         r.send_event("task-failed", exception=f"worker lost: {exc!r}",
                                      traceback="")
-                        r.reject(requeue=True)
+                        if self._releasable([r]):
+                            r.reject(requeue=True)
             finally:
                 self._on_slot_free()
 
         return self._apply(batch, payload, on_accepted, on_return, on_error)
 
-    def _apply(self, batch: _Batch, payload: list[tuple[str, str, str, int]],
+    def _apply(self, batch: _Batch, payload: list[tuple[str, str, str, int, str]],
                on_accepted: Any, on_return: Any, on_error: Any) -> Any:
         def settled(fn: Any) -> Any:  # a batch's callbacks first free its slot
             def call(arg: Any) -> None:

@@ -2,15 +2,19 @@
 
 Framework-free: :meth:`BatchPredictor.run` takes plain request tuples, talks to Redis in two
 round trips (claim, finish) whatever the batch size, and returns what happened to each job.
-Invariants: every job handed in gets exactly one outcome; ``len(outputs) == len(inputs)`` is
-checked per call; a failure fails only the jobs it touches (a raising batch is bisected, so
-one poison row fails its own job and not its neighbours); nothing is left ``running``.
+Invariants: every job handed in gets exactly one outcome, except a duplicate delivery (the job
+runs under another delivery's live claim lease, or already ended through one), which is
+skipped and listed in ``BatchReport.duplicates``; ``len(outputs) == len(inputs)`` is checked
+per call; a failure fails only the jobs it touches (a raising batch is bisected, so one
+poison row fails its own job and not its neighbours; a merged call past the time limit is
+re-run job by job, so only the slow job fails); nothing is left ``running``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,11 +28,18 @@ from shared import codec
 from shared.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, RECENT_BATCHES
 from shared.registry import Manifest
 from shared.settings import Settings
-from shared.store import FAILED, SUCCEEDED, Scripts, drain_bucket, error_payload
+from shared.store import (
+    FAILED,
+    SUCCEEDED,
+    Scripts,
+    drain_bucket,
+    error_payload,
+    lease_seconds,
+)
 from worker import render
 from worker.cache import ModelCache
 from worker.observe import BatchObserver
-from worker.timelimit import JobTimeLimit, time_limit
+from worker.timelimit import JobTimeLimit, interruptible, time_limit
 
 log = logging.getLogger("predq.worker")
 
@@ -64,9 +75,20 @@ class BatchReport:
     """Seconds from each claimed job's submission to the claim."""
     ended_at_claim: list[str] = field(default_factory=list)
     """Final statuses the claim itself set (expired, or failed as poison)."""
+    duplicates: list[int] = field(default_factory=list)
+    """Positions (in the batch's requests) of duplicate deliveries: the job was running
+    under another delivery's live lease, or had already ended through another delivery.
+    Skipped: not predicted, not counted, no outcome of their own (their message is acked)."""
+    predicted: set[str] = field(default_factory=set)
+    """Ids of the jobs predict ran for (counted in each job's ``predictions`` field)."""
 
 
 WebhookFor = Callable[[str, str, bytes], tuple[str, bytes]]
+#: One request of a batch: (job_id, model, version, n_rows[, lease token]). The token names
+#: the delivery (the message the consumer holds); without one, a fresh token is used.
+Request = tuple[str, str, str, int] | tuple[str, str, str, int, str]
+#: Claim codes of a job that already ended through another delivery of it.
+_ENDED_ELSEWHERE = frozenset({"succeeded", "failed"})
 
 
 def no_webhook(job_id: str, status: str, webhook: bytes) -> tuple[str, bytes]:
@@ -92,30 +114,12 @@ class BatchPredictor:
         #: webhook; see worker.delivery.poison_webhook). Must not raise.
         self.on_poison: Callable[[str], None] = _ignore
 
-    def run(self, batch_id: str, requests: list[tuple[str, str, str, int]]) -> BatchReport:
-        """Predict every request ``(job_id, model, version, n_rows)``; never raises for a job."""
+    def run(self, batch_id: str, requests: list[Request]) -> BatchReport:
+        """Predict every request ``(job_id, model, version, n_rows[, token])``; never raises
+        for a job."""
         t0 = time.perf_counter()
         report = BatchReport(batch_id)
-        claims = self.scripts.claim([r[0] for r in requests], [r[1] for r in requests],
-                                    self.settings.max_deliveries, [r[3] for r in requests],
-                                    self.settings.result_ttl_s)
-        claimed_at = time.time()
-        groups: dict[tuple[str, str], list[Job]] = {}
-        for (job_id, model, version, n_rows), claim in zip(requests, claims, strict=True):
-            code = claim[0].decode() if isinstance(claim[0], bytes) else claim[0]
-            if code == "ok":
-                groups.setdefault((model, version), []).append(
-                    Job(job_id, model, version, n_rows, claim[1], claim[2]))
-                if len(claim) > 3 and claim[3]:
-                    report.queue_waits.append(_since(claim[3], claimed_at))
-            elif code == "poison":
-                report.outcomes[job_id] = (FAILURE, 0.0, "PoisonJob: delivered too many times")
-                report.ended_at_claim.append(FAILED)
-                self.on_poison(job_id)
-            else:
-                report.outcomes[job_id] = (REVOKED, 0.0, code)
-                if code == "expired":
-                    report.ended_at_claim.append(code)
+        groups = self._claim(requests, report)
         finished: list[tuple[str, str, str, bytes, str, bytes]] = []
         for (model, version), jobs in groups.items():
             report.n_jobs += len(jobs)
@@ -146,14 +150,51 @@ class BatchPredictor:
         return (f"{error['type']} (message withheld: it may quote inputs; read it in the job's "
                 "error, or set PREDQ_LOG_INPUTS=true)")
 
+    def _claim(self, requests: list[Request], report: BatchReport
+               ) -> dict[tuple[str, str], list[Job]]:
+        """Claim the batch's jobs (one round trip); the claimed ones grouped by version."""
+        tokens = [str(r[4]) if len(r) > 4 else uuid.uuid4().hex for r in requests]
+        claims = self.scripts.claim([r[0] for r in requests], [r[1] for r in requests],
+                                    self.settings.max_deliveries, [r[3] for r in requests],
+                                    self.settings.result_ttl_s, tokens=tokens,
+                                    lease_s=lease_seconds(self.settings.visibility_timeout_s))
+        claimed_at = time.time()
+        groups: dict[tuple[str, str], list[Job]] = {}
+        for pos, (req, claim) in enumerate(zip(requests, claims, strict=True)):
+            job_id, model, version, n_rows = req[:4]
+            code = claim[0].decode() if isinstance(claim[0], bytes) else claim[0]
+            if code == "leased" or code in _ENDED_ELSEWHERE:
+                report.duplicates.append(pos)
+            elif code == "ok":
+                groups.setdefault((model, version), []).append(
+                    Job(job_id, model, version, n_rows, claim[1], claim[2]))
+                if len(claim) > 3 and claim[3]:
+                    report.queue_waits.append(_since(claim[3], claimed_at))
+            elif code == "poison":
+                report.outcomes[job_id] = (FAILURE, 0.0, "PoisonJob: delivered too many times")
+                report.ended_at_claim.append(FAILED)
+                self.on_poison(job_id)
+            else:
+                report.outcomes[job_id] = (REVOKED, 0.0, code)
+                if code == "expired":
+                    report.ended_at_claim.append(code)
+        if report.duplicates:
+            log.info("batch %s: skipped %d duplicate deliveries (of jobs another delivery "
+                     "runs or ran)", report.batch_id, len(report.duplicates),
+                     extra={"batch_id": report.batch_id,
+                            "job_ids": [requests[p][0] for p in report.duplicates][:50]})
+        return groups
+
     def _finish(self, finished: list[tuple[str, str, str, bytes, str, bytes]],
                 report: BatchReport) -> None:
         """One round trip: every job's final state, plus the batch-size statistics."""
         client = self.scripts.client
         keys = self.scripts.keys
         with client.pipeline(transaction=False) as pipe:
+            predicted = [r[0] in report.predicted for r in finished]
             if finished:
-                self.scripts.finish(finished, self.settings.result_ttl_s, client=pipe)
+                self.scripts.finish(finished, self.settings.result_ttl_s, client=pipe,
+                                    predicted=predicted)
             if report.n_jobs:
                 pipe.hincrby(keys.batch_stats(), "predict_calls", len(report.calls))
                 pipe.hincrby(keys.batch_stats(), "batches", 1)
@@ -174,7 +215,8 @@ class BatchPredictor:
                 replies = pipe.execute()
             except NoScriptError:  # Redis restarted since the script was loaded
                 self.scripts._finish_loaded = False
-                replies = [self.scripts.finish(finished, self.settings.result_ttl_s)]
+                replies = [self.scripts.finish(finished, self.settings.result_ttl_s,
+                                               predicted=predicted)]
         kept = replies[0] if finished else []
         discarded: list[str] = []
         for (job_id, status, *_), ok in zip(finished, kept, strict=True):
@@ -203,18 +245,40 @@ class BatchPredictor:
             except Exception as e:
                 results.append((j, FAILED, "error", error_payload("BadInputs", str(e))))
         t0 = time.perf_counter()
-        try:
-            with time_limit(self.settings.job_time_limit_s):
-                results += self._bisect(manifest, estimator, decoded)
-        except JobTimeLimit as e:
-            log.warning("model %s v%s exceeded the time limit: %s", model, version, e)
-            done = {j.id for j, *_ in results}
-            msg = f"model {model} v{version}: {e} (PREDQ_JOB_TIME_LIMIT_S)"
-            results += [(j, FAILED, "error", error_payload("TimeLimitExceeded", msg))
-                        for j, _ in decoded if j.id not in done]
+        report.predicted.update(j.id for j, _ in decoded)
+        results += self._limited(manifest, estimator, decoded)
         report.calls.append((model, version, len(decoded), sum(j.n_rows for j, _ in decoded),
                              time.perf_counter() - t0))
         return results
+
+    def _limited(self, manifest: Manifest, estimator: Any,
+                 decoded: list[tuple[Job, dict[str, np.ndarray]]]
+                 ) -> list[tuple[Job, str, str, bytes]]:
+        """Predict under the per-job time limit (``job_time_limit_s``).
+
+        The merged call of the jobs gets the limit; if it runs past it, each job is re-run
+        alone under a limit of its own, so that only a job that is slow by itself fails as
+        ``TimeLimitExceeded`` and the jobs merged beside it succeed. (Several slow jobs in
+        one batch can outlast the batch's hard limit: the process is then replaced and each
+        job runs again alone, see worker.batching.)
+        """
+        try:
+            with time_limit(self.settings.job_time_limit_s):
+                return self._bisect(manifest, estimator, decoded)
+        except JobTimeLimit as e:
+            first = decoded[0][0]
+            if len(decoded) > 1:
+                log.warning("model %s v%s: %d merged jobs took longer than the time limit; "
+                            "re-running them one by one", first.model, first.version,
+                            len(decoded))
+                out: list[tuple[Job, str, str, bytes]] = []
+                for one in decoded:
+                    out += self._limited(manifest, estimator, [one])
+                return out
+            log.warning("job %s of model %s v%s exceeded the time limit: %s", first.id,
+                        first.model, first.version, e, extra={"job_id": first.id})
+            msg = f"model {first.model} v{first.version}: {e} (PREDQ_JOB_TIME_LIMIT_S)"
+            return [(first, FAILED, "error", error_payload("TimeLimitExceeded", msg))]
 
     def _bisect(self, manifest: Manifest, estimator: Any,
                 decoded: list[tuple[Job, dict[str, np.ndarray]]]
@@ -223,7 +287,9 @@ class BatchPredictor:
         if not decoded:
             return []
         try:
-            rendered = predict_jobs(manifest, estimator, decoded, self.settings.max_batch_rows)
+            with interruptible():  # the only code the time limit's alarm may interrupt
+                rendered = predict_jobs(manifest, estimator, decoded,
+                                        self.settings.max_batch_rows)
         except Exception as e:
             if len(decoded) > 1:
                 mid = len(decoded) // 2

@@ -1,13 +1,16 @@
 """The reaper: redelivers jobs stuck in ``running`` whose message is gone.
 
-A worker that dies mid-batch leaves its jobs ``running``. Normally kombu's Redis transport
-restores the unacknowledged messages after ``visibility_timeout`` and another worker claims
-them again. The reaper covers what that cannot: a message lost with its worker's broker state.
-Every ``reaper_interval_s`` one worker (a Redis lock) re-publishes the predict message of each
-job that has been ``running`` for longer than ``stuck_after_s``. The job store counts
-deliveries, so a job that keeps dying is failed as a poison job, never looped forever; and a
-finish only counts while the job is ``running``, so a redelivery can never give a job two
-results.
+A worker that dies mid-batch leaves its jobs ``running``, and their claim leases lapse.
+Normally kombu's Redis transport restores the unacknowledged messages after
+``visibility_timeout`` and another worker claims them again. The reaper covers what that
+cannot: a message lost with its worker's broker state, or acknowledged as a duplicate while
+the dead worker's lease still lived. Every ``reaper_interval_s`` one worker (a Redis lock)
+re-publishes the predict message of each job that has been ``running`` for longer than
+``stuck_after_s`` and whose lease has lapsed (a live lease means a live worker predicts it,
+however long that takes). The job store counts deliveries, so a job that keeps dying is
+failed as a poison job, never looped forever; a copy that arrives while a lease lives is
+skipped as a duplicate; and a finish only counts while the job is ``running``, so a
+redelivery can never give a job two results.
 """
 
 from __future__ import annotations
@@ -68,13 +71,21 @@ def _redeliver(client: Any, keys: Keys, settings: Settings, ids: list[str], stat
     with client.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hmget(keys.job(job_id), "status", "model", "version", "n_inputs", "queue")
-        rows = pipe.execute()
+            pipe.exists(keys.lease(job_id))
+        replies = pipe.execute()
+    rows, leased = replies[0::2], replies[1::2]
     backlog: dict[str, int] = {}
     redelivered: list[str] = []
     with client.pipeline(transaction=False) as pipe:
-        for job_id, (st, model, version, n, queue) in zip(ids, rows, strict=True):
+        for job_id, (st, model, version, n, queue), held in zip(ids, rows, leased,
+                                                                 strict=True):
             if st != status.encode() or not model:
                 pipe.zrem(index, job_id)
+                continue
+            if held and status == "running":
+                # a live worker is predicting it (its consumer renews the lease): not stuck;
+                # looked at again in stuck_after_s
+                pipe.zadd(index, {job_id: now})
                 continue
             q = queue.decode() if queue else settings.queue_for(model.decode())
             if status == "queued":

@@ -13,7 +13,9 @@ class Faulty(ClassifierMixin, BaseEstimator):
     """A classifier over named features that misbehaves on demand.
 
     mode "raise": predict_proba raises when any x1 < 0 (one poison row fails its job);
-    mode "short": returns one row too few; mode "slow": sleeps ``delay`` seconds per call.
+    mode "short": returns one row too few; mode "slow": sleeps ``delay`` seconds per call;
+    mode "slowrow": sleeps ``delay`` seconds in a call given any row with x1 < 0 (one slow job
+    among fast ones).
     """
 
     def __init__(self, mode: str = "raise", delay: float = 0.0) -> None:
@@ -30,7 +32,7 @@ class Faulty(ClassifierMixin, BaseEstimator):
         values = np.asarray(x["x1"], dtype=float)
         if self.mode == "raise" and (values < 0).any():
             raise ValueError(f"x1 must not be negative, got {float(values.min())}")
-        if self.mode == "slow":
+        if self.mode == "slow" or (self.mode == "slowrow" and (values < 0).any()):
             time.sleep(self.delay)
         p = np.full((len(values), len(self.classes_)), 1.0 / len(self.classes_))
         return p[:-1] if self.mode == "short" else p

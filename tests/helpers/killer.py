@@ -11,10 +11,12 @@ Used by the reliability tests (tests/reliability/) for two faults the ordinary f
   reading the job twice would see two different outputs.
 
 ``delay`` sleeps that many seconds per ``predict_proba`` call (``predict`` does not sleep), so
-that a test can land a signal mid-batch. ``trace`` names a file to which every call appends one
-line, the JSON list of the ``x1`` values it was given (one ``write`` of an ``O_APPEND`` file,
-so lines of concurrent pool processes never interleave): a test that gives each job its own
-``x1`` values can prove which jobs reached a predict call, and how often.
+that a test can land a signal mid-batch; ``gate`` names a file that each ``predict_proba``
+call waits for (up to 120 s), so that a test decides when a running batch may end. ``trace``
+names a file to which every call appends one line, the JSON list of the ``x1`` values it was
+given (one ``write`` of an ``O_APPEND`` file, so lines of concurrent pool processes never
+interleave): a test that gives each job its own ``x1`` values can prove which jobs reached a
+predict call, and how often.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ KILL_MARKER = 666.0
 class Killer(ClassifierMixin, BaseEstimator):
     """A two-class classifier over named features ``x1``, ``x2`` (see the module docstring)."""
 
-    def __init__(self, delay: float = 0.0, noisy: bool = True, trace: str | None = None
-                 ) -> None:
+    def __init__(self, delay: float = 0.0, noisy: bool = True, trace: str | None = None,
+                 gate: str | None = None) -> None:
         self.delay = delay
         self.noisy = noisy
         self.trace = trace
+        self.gate = gate
 
     def fit(self, x: Any, y: Any) -> Killer:
         self.classes_ = np.unique(y)
@@ -73,6 +76,10 @@ class Killer(ClassifierMixin, BaseEstimator):
         values = self._enter(x)
         if self.delay:
             time.sleep(self.delay)
+        deadline = time.monotonic() + 120
+        gate = getattr(self, "gate", None)  # (absent from models pickled before it existed)
+        while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return self._proba(len(values))
 
     def predict(self, x: Any) -> np.ndarray:
@@ -80,11 +87,12 @@ class Killer(ClassifierMixin, BaseEstimator):
         return self.classes_.take(np.argmax(self._proba(len(values)), axis=1))
 
 
-def train(delay: float = 0.0, noisy: bool = True, trace: str | None = None) -> Killer:
+def train(delay: float = 0.0, noisy: bool = True, trace: str | None = None,
+          gate: str | None = None) -> Killer:
     import pandas as pd
 
     x = pd.DataFrame({"x1": [0.0, 1.0, 2.0, 3.0], "x2": [1.0, 0.0, 1.0, 0.0]})
-    return Killer(delay, noisy, trace).fit(x, np.array(["a", "b", "a", "b"]))
+    return Killer(delay, noisy, trace, gate).fit(x, np.array(["a", "b", "a", "b"]))
 
 
 def traced(path: str) -> list[list[float]]:

@@ -110,3 +110,32 @@ def test_a_slow_model_past_the_time_limit_fails_and_iris_still_succeeds(
     assert pool_pids(s.workers[0]) == pid_before, "the time limit replaced the pool process"
     again = [api.submit("iris", irows(2))]
     assert api.wait_all(again, 30)[again[0]]["status"] == "succeeded"
+
+
+def test_one_slow_job_fails_alone_among_the_fast_jobs_merged_with_it(
+        rstack: Any, push: Any, redis_url: str, settings_env: dict[str, str]) -> None:
+    """Issue 13: the limit is per job. One job that makes its model slow is merged into a
+    batch with fast jobs of the same model: only that job fails as TimeLimitExceeded."""
+    push("pause", "killer", delay=1.0)
+    push("lagging", "slowrow", delay=3 * TIME_LIMIT_S)  # slow only for a row with x1 < 0
+    s = rstack(concurrency=1, **ENV)
+    pid_before = pool_pids(s.workers[0])
+    api = s.api
+    _blocker(s)
+    fast = [api.submit("lagging", xrows(2)) for _ in range(3)]
+    slow = api.submit("lagging", [*xrows(1), {"x1": -1.0, "x2": 0.0}])
+    fast += [api.submit("lagging", xrows(1)) for _ in range(3)]
+    views = api.wait_all([*fast, slow], 60)
+    prefix = settings_env["PREDQ_KEY_PREFIX"]
+    bad = {j: views[j] for j in fast if views[j]["status"] != "succeeded"}
+    assert not bad, "fast jobs merged with the slow one failed:\n" + diagnose(
+        redis_url, prefix, bad)
+    for j in fast:
+        assert len(views[j]["outputs"]) == views[j]["n_inputs"]
+    e = views[slow]
+    assert e["status"] == "failed", diagnose(redis_url, prefix, {slow: e})
+    assert e["error"]["type"] == "TimeLimitExceeded", e["error"]
+    assert "time limit" in e["error"]["message"].lower()
+    assert _largest_batch(s) >= 7  # they really shared one batch
+    # the limit did not cost the pool process
+    assert pool_pids(s.workers[0]) == pid_before, "the time limit replaced the pool process"
