@@ -174,7 +174,7 @@ def test_the_consumer_renews_the_leases_of_its_jobs_in_flight_only() -> None:
     b._renew()
     assert b.renewed[-1] == [("a", tokens[0])]
     # a message goes back to the queue only once its lease is released
-    assert b._give_back(reqs[:1]) == reqs[:1]
+    assert b._releasable(reqs[:1]) == reqs[:1]
     assert b.released == [[("a", tokens[0])]]
     b.down = True
-    assert b._give_back(reqs[:1]) == []  # left unacknowledged: kombu restores it later
+    assert b._releasable(reqs[:1]) == []  # left unacknowledged: kombu restores it later
