@@ -32,7 +32,8 @@ It also asserts (exit code 1 otherwise):
   shows up as jobs never submitted);
 - **recovery**: after each chaos event, the rate of jobs ending (seen by the clients) returns
   to at least half its rate in the ``--rate-window-s`` before the event (measured over a
-  sliding ``--recover-window-s``), within ``--recover-s`` of the event's end;
+  sliding ``--recover-window-s``) within ``--recover-s`` of the fault, and stays there until
+  the next event (or the last submission);
 - **predicted at most once**: the job hash's ``predictions`` counter (one HINCRBY per actual
   prediction; written by the claim once the claim lease exists) is 1 for every job; where no
   job has that field the count is reported as unknown, not as 0. Independently of it, the
@@ -398,6 +399,8 @@ def recovery(args: argparse.Namespace, load: Load) -> list[dict[str, Any]]:
     of faults). ``recovered_after_s``: from the moment of the fault (the event's start; a
     replacement worker's start-up counts), the first moment from which the next
     ``recover_window_s`` end jobs at >= half that rate; it must be <= ``recover_s``.
+    ``then_jobs_per_s``: the rate from that moment to the next event (or to the last
+    submission); it must stay >= half the ``before`` rate too.
     """
     import bisect
 
@@ -412,7 +415,8 @@ def recovery(args: argparse.Namespace, load: Load) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     prev_end, before = 0.0, None
     win = args.recover_window_s
-    for ev in load.stack.events:
+    events = load.stack.events
+    for i, ev in enumerate(events):
         start = ev["at_s"]
         a = max(prev_end, start - args.rate_window_s)
         if start - a >= 2.0:
@@ -425,10 +429,20 @@ def recovery(args: argparse.Namespace, load: Load) -> list[dict[str, Any]]:
                     recovered = round(t - start, 1)
                     break
                 t += 0.5
+        # ... and it holds: from then until the next event (or the last submission), the rate
+        # stays at half or more (a worker that stalls a little later fails here)
+        sustained: float | None = None
+        if recovered is not None:
+            a = start + recovered
+            b = min(events[i + 1]["at_s"] if i + 1 < len(events) else loaded_end, loaded_end)
+            if b - a >= win:
+                sustained = count(a, b) / (b - a)
         out.append({"event": ev["event"], "at_s": start, "took_s": ev["took_s"],
                     "before_jobs_per_s": round(before, 1) if before else None,
                     "recovered_after_s": recovered,
-                    "ok": before is not None and recovered is not None})
+                    "then_jobs_per_s": round(sustained, 1) if sustained is not None else None,
+                    "ok": before is not None and recovered is not None
+                    and (sustained is None or sustained >= before / 2)})
         prev_end = start + ev["took_s"]
     return out
 
@@ -580,7 +594,7 @@ def print_summary(s: dict[str, Any]) -> None:
         f"submitted           {s['submitted']} of {s['config']['jobs']}",
         "recovery (jobs/s ending before the fault; seconds from the fault until >= half):",
         *[f"  {r['event']:<14} at {r['at_s']:>6} s: before {r['before_jobs_per_s']}/s, "
-          f"back to >= half after {r['recovered_after_s']} s"
+          f"back to >= half after {r['recovered_after_s']} s, then {r['then_jobs_per_s']}/s"
           f"{'' if r['ok'] else '  NOT RECOVERED'}"
           for r in s["recovery"]],
         f"predicted >1 time   {_or_unknown(s['predictions']['more_than_once'])} "
