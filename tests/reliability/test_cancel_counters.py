@@ -70,3 +70,39 @@ def test_a_cancelled_job_whose_record_expired_is_not_counted_off_twice(
     finally:
         api.close()
         client.close()
+
+
+def test_the_unqueued_mark_lives_until_the_message_is_claimed(settings_env: dict[str, str]
+                                                               ) -> None:
+    """The store's scripts alone (a real Redis): the mark a cancel leaves is removed by the
+    claim of the job's message, whether the record is still there or expired, so nothing
+    per job stays behind; and the rows are counted off exactly once either way."""
+    from shared.store import Scripts
+
+    client = redis.Redis.from_url(settings_env["PREDQ_REDIS_URL"])
+    k = Keys(settings_env["PREDQ_KEY_PREFIX"])
+    scripts = Scripts(client, k)
+    queue = settings_env["PREDQ_DEFAULT_QUEUE"]
+    try:
+        for job_id, expire_first in (("00000000-0000-4000-8000-00000000000a", False),
+                                     ("00000000-0000-4000-8000-00000000000b", True)):
+            scripts.submit(job_id=job_id, fields={"status": "queued", "model": "iris",
+                                                  "n_inputs": 2, "inputs": b""},
+                           message=b"{}", queue=queue, model="iris", n_rows=2, ttl=600)
+            scripts.submit(job_id=job_id + "-other", fields={"status": "queued",
+                                                             "model": "iris", "n_inputs": 5},
+                           message=b"{}", queue=queue, model="iris", n_rows=5, ttl=600)
+            assert int(client.get(k.queued_rows("iris"))) == 7
+            assert scripts.cancel(job_id, "iris", 60, 600) == b"cancelled"
+            assert int(client.get(k.queued_rows("iris"))) == 5
+            assert 60 < client.ttl(k.unqueued(job_id)) <= 600
+            if expire_first:
+                client.delete(k.job(job_id))  # the result TTL ran out before the claim
+            [(code, *_)] = scripts.claim([job_id], ["iris"], 5, [2], 60)
+            assert code == (b"missing" if expire_first else b"cancelled")
+            assert int(client.get(k.queued_rows("iris"))) == 5  # still the other job's rows
+            assert not client.exists(k.unqueued(job_id))
+            scripts.claim([job_id + "-other"], ["iris"], 5, [5], 60)
+            assert int(client.get(k.queued_rows("iris"))) == 0
+    finally:
+        client.close()
