@@ -18,6 +18,8 @@ from typing import Any
 
 #: The integers orjson writes and reads back as integers (int64 and uint64).
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+#: Stands for "the key of this path is not valid Unicode" on the walk's stack.
+_BAD_KEY = object()
 
 
 def _has_surrogate(text: str) -> bool:
@@ -55,11 +57,15 @@ def unsafe_values(value: Any, root: list[str | int], limit: int = 200
         if isinstance(v, dict):
             for k, item in reversed(list(v.items())):
                 key = str(k)
-                if _has_surrogate(key):  # named in the error as it can be written
+                bad_key = _has_surrogate(key)
+                if bad_key:  # named in the error as it can be written
                     key = key.encode("utf-8", "replace").decode()
-                    errors.append({"loc": [*path, key], "type": "string_unicode",
-                                   "msg": "keys must be valid Unicode (no lone surrogates)"})
                 stack.append(([*path, key], item))
+                if bad_key:  # popped first: the key's error comes before its value's
+                    stack.append(([*path, key], _BAD_KEY))
+        elif v is _BAD_KEY:
+            errors.append({"loc": path, "type": "string_unicode",
+                           "msg": "keys must be valid Unicode (no lone surrogates)"})
         elif isinstance(v, list | tuple):
             stack.extend(([*path, i], v[i]) for i in range(len(v) - 1, -1, -1))
         elif (err := _scalar_error(v)) is not None:

@@ -154,9 +154,10 @@ def test_metrics_move_after_real_traffic(registry_with_models: Registry, env: di
     assert 5 <= moved("predq_batch_jobs_count") <= 15
     assert moved("predq_predict_duration_seconds_count", model="iris", version="1") >= 5
     assert moved("predq_predict_rows_total", model="iris", version="1") == ok_rows
-    assert moved("predq_model_cache_loads_total", model="iris", version="1") == 1
+    # the worker preloaded iris before its pool forked: one load in all, counted at its start
+    assert value(after, "predq_model_cache_loads_total", model="iris", version="1") == 1
     assert moved("predq_model_cache_hits_total", model="iris", version="1") >= 4
-    assert moved("predq_model_load_seconds_total") > 0
+    assert value(after, "predq_model_load_seconds_total") > 0
     assert value(after, "predq_workers_alive") == 1
     assert ("predq_webhook_deliveries_total", (("outcome", "delivered"),)) in after
 

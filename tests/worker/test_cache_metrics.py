@@ -24,7 +24,7 @@ from tests.reliability.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-DELAY_S = 3.0
+DELAY_S = 4.0
 
 
 def test_preloaded_models_are_counted_once_whatever_the_concurrency(
