@@ -153,10 +153,31 @@ def predq_groups(up_pid: int, redis_pid: int) -> dict[str, int]:
     return groups
 
 
+def tree_groups(pid: int, name: str) -> dict[str, int]:
+    """Every process group among ``pid`` and its descendants, named name, name.1, ..."""
+    from predq.procs import child_pids
+
+    pgids: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            g = os.getpgid(p)
+        except ProcessLookupError:
+            continue
+        if g not in pgids:
+            pgids.append(g)
+        todo += child_pids(p)
+    return {name if i == 0 else f"{name}.{i}": g for i, g in enumerate(pgids)}
+
+
 def start_predq(tmp: Path, model_file: Path, runtime: str, log_level: str
                 ) -> tuple[subprocess.Popen[bytes], Any, str, dict[str, str], Any]:
-    from predq.procs import free_port, wait_for_url
-    from predq.redis_server import RedisServer
+    from predq.procs import wait_for_url
+    from predq.redis_server import (
+        RedisServer,  # noqa: I001
+        free_port,
+    )
     from shared.auth import key_spec, new_key
     from shared.registry import Registry
 
@@ -189,7 +210,8 @@ def start_predq(tmp: Path, model_file: Path, runtime: str, log_level: str
 
 def start_bento(tmp: Path, py: Path, model_file: Path, workers: int
                 ) -> tuple[subprocess.Popen[bytes], str, Any]:
-    from predq.procs import free_port, wait_for_url
+    from predq.procs import wait_for_url
+    from predq.redis_server import free_port
 
     port = free_port()
     env = {**os.environ, "BENCH_MODEL": str(model_file), "BENCH_WORKERS": str(workers),
@@ -237,6 +259,24 @@ def run_load(mode: str, url: str, out: Path, *, service: str, bodies: Path,
     cmd += extra or []
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=args.warmup + args.duration + 300)
     return orjson.loads(out.read_bytes())
+
+
+def profile(args: argparse.Namespace, groups: dict[str, int], tag: str
+            ) -> list[subprocess.Popen[bytes]]:
+    """py-spy record of the API's and the worker's processes over the measured window."""
+    args.profile.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    procs = []
+    for name in ("api", "worker"):
+        if name not in groups:
+            continue
+        out = args.profile / f"{tag}.{name}.txt"
+        cmd = ["sh", "-c", f"sleep {args.warmup}; exec {spy} record --pid {groups[name]} "
+               f"--subprocesses --format raw --rate 200 --nonblocking "
+               f"--duration {int(args.duration)} -o {out}"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    return procs
 
 
 def cpu_ms_per_job(result: dict[str, Any], names: list[str]) -> dict[str, float]:
@@ -325,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="INFO", help="predq's PREDQ_LOG_LEVEL")
     ap.add_argument("--build-only", action="store_true", help="build the peer venv and stop")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="py-spy the API and the worker during the predq phases (raw files "
+                         "in DIR; summarize with python -m bench.flame)")
     ap.add_argument("--out", type=Path, default=RESULTS / "peers.json")
     args = ap.parse_args(argv)
     if args.quick:
@@ -349,20 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         phases = {
             "predq /predict": ("predict", purl, "predq", headers, pg),
             "predq /jobs + GET ?wait": ("jobs", purl, "predq", headers, pg),
-            "bentoml": ("predict", burl, "bento", {}, {"bentoml": os.getpgid(bento.pid)}),
+            "bentoml": ("predict", burl, "bento", {}, tree_groups(bento.pid, "bentoml")),
         }
-        rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in phases}
-        order = list(phases)
-        for i in range(args.rounds):
-            for name in order[i % 3:] + order[:i % 3]:
-                mode, url, service, hdr, groups = phases[name]
-                log(f"round {i + 1}: {name}")
-                res = run_load(mode, url, tmp / f"load-{i}-{mode}-{service}.json",
-                               service=service, bodies=bodies, headers=hdr, groups=groups,
-                               args=args)
-                log(f"  {res['rate']:.0f} req/s, p50 {res['latency_ms']['p50']} ms, "
-                    f"errors {res['errors']} {res['error_samples'][:1]}")
-                rounds[name].append(res)
+        # Idle first: BentoML's dispatcher, once fitted under overload, holds a lone
+        # request for hundreds of ms, so an idle measurement after the load says nothing.
         idle: dict[str, list[float]] = {k: [] for k in phases}
         for i in range(max(1, args.rounds)):
             for name, url, service, hdr in (("predq /predict", purl, "predq", headers),
@@ -375,6 +408,22 @@ def main(argv: list[str] | None = None) -> int:
                 idle[name].append(stats["latency_ms"]["p50"] or 0.0)
                 log(f"idle {name}: p50 {stats['latency_ms']['p50']} ms, "
                     f"errors {stats['errors']}")
+        rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in phases}
+        order = list(phases)
+        for i in range(args.rounds):
+            for name in order[i % 3:] + order[:i % 3]:
+                mode, url, service, hdr, groups = phases[name]
+                log(f"round {i + 1}: {name}")
+                spies = (profile(args, groups, f"{i}-{mode}-{service}")
+                         if args.profile and service == "predq" else [])
+                res = run_load(mode, url, tmp / f"load-{i}-{mode}-{service}.json",
+                               service=service, bodies=bodies, headers=hdr, groups=groups,
+                               args=args)
+                log(f"  {res['rate']:.0f} req/s, p50 {res['latency_ms']['p50']} ms, "
+                    f"errors {res['errors']} {res['error_samples'][:1]}")
+                rounds[name].append(res)
+                for spy in spies:
+                    spy.wait(60)
         idle["predq /jobs + GET ?wait"] = []
         groups_by_phase = {k: list(v[4]) for k, v in phases.items()}
         summary = summarize(rounds, idle, groups_by_phase)
