@@ -213,6 +213,9 @@ class TreeliteRuntime:
             self.classes_ = self.final.classes_
             self.n_classes = len(self.classes_)
         self._local = threading.local()
+        #: Whether the input must stay a DataFrame (a Pipeline's preprocessing may select
+        #: columns by name); a bare ensemble reads a float matrix in the manifest's order.
+        self.wants_frame = self.pre is not None
         if self.kind.startswith("hgb"):
             self._binary_strict = True  # HistGradientBoosting: raw > 0
         else:
@@ -272,6 +275,11 @@ class TreeliteRuntime:
         if near.any():  # a (near) tie: let the estimator decide those rows itself
             rows = np.flatnonzero(near)
             sub = x.iloc[rows] if hasattr(x, "iloc") else x[rows]
+            names = getattr(self.estimator, "feature_names_in_", None)
+            if names is not None and not hasattr(sub, "iloc"):  # fitted on a DataFrame
+                import pandas as pd
+
+                sub = pd.DataFrame(sub, columns=list(names))
             labels = labels.copy()
             labels[rows] = np.asarray(self.estimator.predict(sub))
         return labels, proba

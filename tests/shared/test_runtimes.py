@@ -290,3 +290,25 @@ def test_the_model_cache_serves_the_runtime(tmp_path: Path) -> None:
     got_manifest, runtime = cache.get("rf", manifest.version)
     assert got_manifest == manifest and isinstance(runtime, TreeliteRuntime)
     assert cache.get("rf", manifest.version)[1] is runtime  # built once, then shared
+
+
+def test_a_tie_in_a_float_matrix_of_a_frame_fitted_model_is_decided_quietly(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker hands a bare ensemble a float matrix (wants_frame is False); the tie rows
+    # go back to the estimator as a DataFrame with its names (no feature-names warning,
+    # which the test suite turns into an error).
+    data = load_breast_cancer(as_frame=True)
+    model = RandomForestClassifier(2, random_state=3).fit(data.data, data.target)
+    runtime = TreeliteRuntime(model)
+    assert runtime.wants_frame is False
+    fresh = _fresh_rows(data.data, seed=2)
+    assert (model.predict_proba(fresh)[:, 0] == 0.5).any()
+    monkeypatch.setattr(runtimes, "TIE_MARGIN", 1.0)  # every row goes back to sklearn
+    assert runtime.predict(fresh.to_numpy()).tolist() == model.predict(fresh).tolist()
+
+
+def test_a_pipeline_keeps_its_dataframe() -> None:
+    x, y = _iris()
+    pipe = make_pipeline(StandardScaler(), RandomForestClassifier(5, random_state=0)).fit(x, y)
+    assert TreeliteRuntime(pipe).wants_frame is True
