@@ -1,9 +1,10 @@
 """RSS and PSS of each worker process with two models loaded (``python -m bench.memory``).
 
 Starts its own Redis and one ``predq worker -c N`` on a temporary registry holding two
-RandomForest(100) models (breast_cancer and iris, both on treelite), preloaded before the pool
-forks, and prints, once the worker is ready, per process of the worker's group, VmRSS and the proportional set size (PSS, from
-``/proc/<pid>/smaps_rollup``: shared pages split between the processes that share them).
+RandomForest(100) models (breast_cancer and iris, both on treelite), preloaded before the
+pool forks, and prints, once the worker is ready, per process of the worker's group, VmRSS
+and the proportional set size (PSS, from ``/proc/<pid>/smaps_rollup``: shared pages split
+between the processes that share them).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -227,7 +228,7 @@ class TreeliteRuntime:
             return self._values(x)
         last = getattr(self._local, "last", None)
         self._local.last = None
-        if last is not None and last[0] is x:  # right after predict_proba(x): one pass
+        if last is not None and last[0]() is x:  # right after predict_proba(x): one pass
             return last[1]
         return self._classify(x)[0]
 
@@ -235,7 +236,10 @@ class TreeliteRuntime:
         if not self.is_classifier:
             raise AttributeError("a regressor has no predict_proba")
         labels, proba = self._classify(x)
-        self._local.last = (x, labels)
+        try:  # a weak reference: the runtime never keeps a batch alive
+            self._local.last = (weakref.ref(x), labels)
+        except TypeError:  # not weak-referenceable (a list, say): no shared pass
+            self._local.last = None
         return proba
 
     # -- internals -------------------------------------------------------------------

@@ -312,3 +312,21 @@ def test_a_pipeline_keeps_its_dataframe() -> None:
     x, y = _iris()
     pipe = make_pipeline(StandardScaler(), RandomForestClassifier(5, random_state=0)).fit(x, y)
     assert TreeliteRuntime(pipe).wants_frame is True
+
+
+def test_predict_after_predict_proba_on_the_same_batch_is_one_pass(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = _iris()
+    runtime = TreeliteRuntime(RandomForestClassifier(5, random_state=0).fit(x, y))
+    calls = []
+    real = TreeliteRuntime._gtil
+    monkeypatch.setattr(TreeliteRuntime, "_gtil",
+                        lambda self, arr, margin: calls.append(1) or real(self, arr, margin))
+    batch = x.to_numpy()[:10]
+    runtime.predict_proba(batch)
+    runtime.predict(batch)
+    assert len(calls) == 1
+    runtime.predict(batch)  # the shared pass is used once only
+    runtime.predict(batch.copy())
+    assert len(calls) == 3
