@@ -14,6 +14,11 @@ def test_served_models_are_preloaded(registry_with_models: Any, start_worker: An
     log = worker.tail(200)
     assert "preloaded model iris v1" in log
     assert "preloaded model mixed v1" in log
+    # The runtime is built with the model, in the parent, before the fork: iris (a forest)
+    # on treelite, mixed (a LogisticRegression pipeline) on the estimator itself.
+    assert "model iris v1 runs on treelite" in log
+    assert log.index("model iris v1 runs on treelite") < log.index("preloaded model iris v1")
+    assert "model mixed v1 runs on" not in log
 
 
 def test_preloading_can_be_turned_off(registry_with_models: Any, start_worker: Any) -> None:
