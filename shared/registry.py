@@ -35,7 +35,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import ModelNotFound, RegistryError, VersionNotFound
-from shared.runtimes import RuntimeRecord
+from shared.runtimes import RuntimeRecord, choose
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[0-9]+$")
@@ -282,8 +282,6 @@ class Registry:
         )
         sample = read_sample_csv(sample_csv) if sample_csv is not None else None
         fields = infer_manifest_fields(estimator, sample=sample, accepts_missing=accepts_missing)
-        from shared.runtimes import choose
-
         runtime_record = choose(estimator, fields, sample=sample, requested=runtime,
                                 tolerance=tolerance)
 
