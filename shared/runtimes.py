@@ -397,7 +397,8 @@ def choose(estimator: Any, fields: dict[str, Any], *, sample: pd.DataFrame | Non
     try:
         runtime = TreeliteRuntime(estimator)
         x, source = verification_frame(estimator, fields, sample)
-        verification = verify(estimator, runtime, x, fields["task"], tol, source)
+        verification = verify(estimator, runtime, x, fields["task"], tol, source,
+                              x_runtime=worker_input(runtime, x))
     except Exception as e:
         if req == "treelite":
             raise RuntimeRefused(f"runtime treelite could not be verified: "
@@ -437,13 +438,22 @@ def _outputs(model: Any, x: Any, task: str) -> tuple[Any, Any]:
     return np.asarray(model.predict(x)), proba
 
 
+def worker_input(runtime: Any, x: Any) -> Any:
+    """``x`` as the worker hands it to ``runtime``: a float matrix unless it wants a frame."""
+    import numpy as np
+
+    if getattr(runtime, "wants_frame", True) or not hasattr(x, "to_numpy"):
+        return x
+    return np.column_stack([x[c].to_numpy().astype(np.float64, copy=False) for c in x.columns])
+
+
 def verify(estimator: Any, runtime: Any, x: Any, task: str, tolerance: float,
-           source: str) -> Verification:
+           source: str, x_runtime: Any = None) -> Verification:
     """Compare ``runtime`` with ``estimator`` on ``x``: labels equal, numbers within tol."""
     import numpy as np
 
     want_labels, want = _outputs(estimator, x, task)
-    got_labels, got = _outputs(runtime, x, task)
+    got_labels, got = _outputs(runtime, x if x_runtime is None else x_runtime, task)
     n = int(want.shape[0])
     if got.shape != want.shape:
         return Verification(rows=n, source=source, passed=False,  # type: ignore[arg-type]
@@ -483,9 +493,10 @@ def measure_speed(estimator: Any, runtime: Any, x: Any, task: str,
             return time.perf_counter() - t
 
         call(estimator)
-        call(runtime)
+        fast = worker_input(runtime, part)  # what the worker hands the runtime
+        call(runtime, fast)
         sk = sorted(call(estimator) for _ in range(repeat))[repeat // 2] * 1000
-        rt = sorted(call(runtime) for _ in range(repeat))[repeat // 2] * 1000
+        rt = sorted(call(runtime, fast) for _ in range(repeat))[repeat // 2] * 1000
         out.append(Speed(rows=rows, sklearn_ms=round(sk, 4), runtime_ms=round(rt, 4),
                          speedup=round(sk / rt, 1) if rt > 0 else 0.0))
     return out
