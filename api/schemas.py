@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.runtimes import RuntimeRecord
+
 
 class Problem(BaseModel):
     """RFC 9457 problem details."""
@@ -43,6 +45,10 @@ class ModelDetail(BaseModel):
     format: str
     created_at: str
     library_versions: dict[str, str]
+    runtime: RuntimeRecord = Field(
+        description="What computes the outputs (sklearn or an accelerated runtime such as "
+                    "treelite), chosen at push, with its verification against scikit-learn "
+                    "and the speed-up measured then.")
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]

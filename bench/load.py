@@ -10,6 +10,12 @@ Modes (one per invocation; the result is one JSON object written to ``--out``):
 - ``fill``: exactly ``--count`` ``POST``s (a backlog for a drain measurement).
 - ``seq``: one client, sequential ``POST /predict`` with ``--rows-list`` rows (idle latency).
 
+``--service bento`` sends ``predict`` / ``seq`` traffic to a BentoML peer's ``POST /predict``
+instead (``bench.peers``). ``--bodies FILE`` replaces the generated iris bodies with the
+file's ``bodies``, and every reply is then checked against the file's ``expected`` outputs
+(labels equal, probabilities within 1e-9): a reply that differs is an error, not a completion.
+``--header 'Name: value'`` (repeatable) is sent with every request (e.g. an API key).
+
 With ``--watch name=pgid``, the CPU time of those process groups (and of this process,
 ``client``) is read from /proc at the start and at the end of the measured window.
 Every loop is bounded by a count or by ``--max-time``. Traffic goes to 127.0.0.1 only.
@@ -38,9 +44,49 @@ JSON = {"Content-Type": "application/json"}
 
 
 def make_bodies(rows: int, n: int = 64) -> list[bytes]:
+    if _BODIES is not None:
+        return _BODIES[0]
     from predq.demo import iris_sample_rows
 
     return [orjson.dumps({"inputs": iris_sample_rows(rows, seed=1000 + i)}) for i in range(n)]
+
+
+#: (bodies, expected outputs per body) from ``--bodies``; None: generated iris bodies.
+_BODIES: tuple[list[bytes], list[list[dict[str, Any]]]] | None = None
+_CHECK_ATOL = 1e-9
+
+
+def load_bodies(path: Path) -> None:
+    global _BODIES
+    doc = orjson.loads(path.read_bytes())
+    _BODIES = ([orjson.dumps(b) for b in doc["bodies"]], doc["expected"])
+    _EXPECTED.update(zip(*_BODIES, strict=True))
+
+
+def check_reply(body: bytes, content: bytes) -> str | None:
+    """Why a reply's outputs differ from the expected ones for ``body`` (None: they match)."""
+    if _BODIES is None:
+        return None
+    expected = _EXPECTED[body]
+    try:
+        doc = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return "reply is not JSON"
+    got = doc["outputs"] if isinstance(doc, dict) else doc
+    if not isinstance(got, list) or len(got) != len(expected):
+        return f"{len(got) if isinstance(got, list) else '?'} outputs for {len(expected)} rows"
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+        if g.get("label") != e["label"]:
+            return f"row {i}: label {g.get('label')!r}, expected {e['label']!r}"
+        gp = g.get("probabilities") or {}
+        for k, p in e["probabilities"].items():
+            if k not in gp or abs(gp[k] - p) > _CHECK_ATOL:
+                return f"row {i}: P({k}) = {gp.get(k)!r}, expected {p!r}"
+    return None
+
+
+_EXPECTED: dict[bytes, list[dict[str, Any]]] = {}
+_HEADERS: dict[str, str] = {}
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -115,6 +161,10 @@ async def _post(client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Resp
     return await client.post(path, content=body, headers=JSON)
 
 
+def _predict_path(args: argparse.Namespace, model: str) -> str:
+    return "/predict" if args.service == "bento" else f"/v1/models/{model}/predict?wait=30"
+
+
 def _in_window(run: Run) -> bool:
     return run.t_start <= time.perf_counter() <= run.t_end
 
@@ -131,10 +181,14 @@ async def _job_loop(run: Run, client: httpx.AsyncClient, bodies: list[bytes], k:
         try:
             run.requests += _in_window(run)
             if mode == "predict":
-                r = await _post(client, f"/v1/models/{model}/predict?wait=30", body)
+                r = await _post(client, _predict_path(run.args, model), body)
                 if r.status_code != 200:
                     run.error(f"predict {r.status_code}: {r.text}")
                     await asyncio.sleep(0.05)
+                    continue
+                wrong = check_reply(body, r.content)
+                if wrong:
+                    run.error(f"wrong outputs: {wrong}")
                     continue
                 run.done(started)
                 continue
@@ -155,7 +209,10 @@ async def _job_loop(run: Run, client: httpx.AsyncClient, bodies: list[bytes], k:
                 status = job.get("status")
                 if status not in ("queued", "running") or time.perf_counter() > run.hard_end:
                     break
-            if status == "succeeded":
+            wrong = check_reply(body, g.content) if status == "succeeded" else None
+            if wrong:
+                run.error(f"job {job_id}: wrong outputs: {wrong}")
+            elif status == "succeeded":
                 if run.t_start <= time.perf_counter() <= run.t_end:
                     run.stage(wall0, wall_posted, time.time(), job)
                 run.done(started)
@@ -186,7 +243,7 @@ def _client(args: argparse.Namespace, n: int = 1) -> httpx.AsyncClient:
     if host != "127.0.0.1":
         raise SystemExit(f"refusing to send traffic to {host!r}: 127.0.0.1 only")
     return httpx.AsyncClient(
-        base_url=args.url, trust_env=False, timeout=httpx.Timeout(45.0),
+        base_url=args.url, trust_env=False, timeout=httpx.Timeout(45.0), headers=_HEADERS,
         limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
     )
 
@@ -259,6 +316,8 @@ async def seq(args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.perf_counter() + args.max_time
         for rows in args.rows_list:
             bodies = make_bodies(rows, 16)
+            if _BODIES is not None and rows != args.rows:
+                continue  # --bodies: only its own row count
             lat: dict[str, list[float]] = {m: [] for m in models}
             errors = dict.fromkeys(models, 0)
             for i in range(args.warmup_count + args.count):
@@ -266,10 +325,10 @@ async def seq(args: argparse.Namespace) -> dict[str, Any]:
                     break
                 for model in models if i % 2 == 0 else models[::-1]:
                     t = time.perf_counter()
-                    r = await _post(client, f"/v1/models/{model}/predict?wait=30",
-                                    bodies[i % len(bodies)])
+                    body = bodies[i % len(bodies)]
+                    r = await _post(client, _predict_path(args, model), body)
                     ms = (time.perf_counter() - t) * 1000
-                    if r.status_code != 200:
+                    if r.status_code != 200 or check_reply(body, r.content):
                         errors[model] += 1
                     elif i >= args.warmup_count:
                         lat[model].append(ms)
@@ -295,7 +354,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gap-ms", type=float, default=2.0)
     p.add_argument("--max-time", type=float, default=120.0, help="hard cap of the whole run")
     p.add_argument("--watch", action="append", default=[], help="name=pgid (repeatable)")
+    p.add_argument("--service", choices=["predq", "bento"], default="predq")
+    p.add_argument("--bodies", type=Path, help="JSON {bodies, expected}: check every reply")
+    p.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
     args = p.parse_args(argv)
+    if args.bodies is not None:
+        load_bodies(args.bodies)
+    for h in args.header:
+        name, _, value = h.partition(":")
+        _HEADERS[name.strip()] = value.strip()
     groups = {k: int(v) for k, v in (w.split("=", 1) for w in args.watch)}
     if args.mode in ("jobs", "enqueue", "predict"):
         args.max_time = min(args.max_time, args.warmup + args.duration + 40.0)

@@ -85,6 +85,20 @@ def models() -> None:
     multiple=True,
     help="A type the skops file may hold that you reviewed and trust.",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "sklearn", "treelite"]),
+    default="auto",
+    show_default=True,
+    help="What computes the outputs. auto: treelite for tree ensembles when it reproduces "
+    "scikit-learn on the verification rows (else sklearn, and says why).",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0.0),
+    help="Largest accepted difference from scikit-learn's probabilities/values "
+    "(default 1e-9; a larger one is recorded in the manifest).",
+)
 def push(
     path: Path,
     name: str,
@@ -95,6 +109,8 @@ def push(
     accepts_missing: bool | None,
     fmt: str | None,
     trusted_types: tuple[str, ...],
+    runtime: str,
+    tolerance: float | None,
 ) -> None:
     """Register the fitted estimator in PATH as a new version of a model."""
     registry = _registry()
@@ -110,12 +126,15 @@ def push(
             trusted_types=list(trusted_types) or None,
             drop_bad_sample_rows=drop_bad_sample_rows,
             note=lambda text: click.echo(f"predq models push: {text}", err=True),
+            runtime=runtime,
+            tolerance=tolerance,
         )
     alias_note = f" (aliases: {', '.join(aliases)})" if aliases else ""
     click.echo(f"Registered {manifest.name} version {manifest.version}{alias_note}")
     click.echo(f"  in {registry.root / manifest.name / manifest.version}")
     click.echo(f"  {manifest.task}, {manifest.estimator}, {len(manifest.features)} features")
     click.echo(f"  sha256 {manifest.sha256}")
+    click.echo(f"  runtime {manifest.runtime.summary()}")
 
 
 @models.command("list")
@@ -135,7 +154,7 @@ def list_() -> None:
 @click.argument("name")
 @click.option("--version", "version", help="A version or alias (default: the default version).")
 def show(name: str, version: str | None) -> None:
-    """Print the manifest of a model version as JSON."""
+    """Print the manifest of a model version as JSON (its runtime included)."""
     registry = _registry()
     with _errors(registry):
         manifest = registry.resolve(name, version)

@@ -35,6 +35,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import ModelNotFound, RegistryError, VersionNotFound
+from shared.runtimes import RuntimeRecord, choose
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[0-9]+$")
@@ -88,6 +89,9 @@ class Manifest(BaseModel):
     created_at: datetime
     library_versions: dict[str, str]
     trusted_types: list[str] | None = None
+    #: What computes the outputs (chosen and verified at push; see shared.runtimes). A
+    #: manifest written before runtimes existed reads as plain scikit-learn.
+    runtime: RuntimeRecord = Field(default_factory=RuntimeRecord)
 
 
 class ModelInfo(BaseModel):
@@ -246,6 +250,8 @@ class Registry:
         trusted_types: list[str] | None = None,
         drop_bad_sample_rows: bool = False,
         note: Callable[[str], None] | None = None,
+        runtime: str | None = None,
+        tolerance: float | None = None,
     ) -> Manifest:
         """Register the estimator in ``artifact`` as a new version of ``name``.
 
@@ -255,6 +261,10 @@ class Registry:
         integer unless given; an existing version is never overwritten (:class:`RegistryError`).
         A sample that contradicts the model is refused unless ``drop_bad_sample_rows``; what
         push had to drop or warn about goes to ``note``.
+
+        ``runtime`` (None/"auto", "sklearn", "treelite") and ``tolerance`` choose what will
+        compute the outputs; an accelerated runtime is verified against the estimator on the
+        sample and generated rows first (:func:`shared.runtimes.choose`).
         """
         # Lazy: these import sklearn, numpy and joblib, which the API must never load.
         from shared.introspect import infer_manifest_fields, read_sample_csv
@@ -280,6 +290,8 @@ class Registry:
         sample = read_sample_csv(sample_csv) if sample_csv is not None else None
         fields = infer_manifest_fields(estimator, sample=sample, accepts_missing=accepts_missing,
                                        drop_bad_sample_rows=drop_bad_sample_rows, note=note)
+        runtime_record = choose(estimator, fields, sample=sample, requested=runtime,
+                                tolerance=tolerance)
 
         model_dir = self.root / name
         try:
@@ -305,6 +317,7 @@ class Registry:
                 size_bytes=stored.stat().st_size,
                 created_at=datetime.now(UTC),
                 trusted_types=list(trusted_types) if trusted_types else None,
+                runtime=runtime_record,
                 **fields,
             )
             _write_atomic(staging / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import runtimes
 from shared.registry import Manifest, Registry
 from shared.serialization import load_estimator
 
@@ -22,6 +23,9 @@ class CacheStats:
 class ModelCache:
     """An LRU of loaded models. Every first load checks the artifact's sha256 first.
 
+    What it keeps per version is the model's *runtime* (shared.runtimes): the estimator
+    itself, or the accelerated runtime its manifest chose at push, built once at load.
+
     Loading goes only through the registry: a model is named by (name, version), never by a
     path, so nothing a request says can make a worker open another file.
     """
@@ -34,7 +38,7 @@ class ModelCache:
         self.stats = CacheStats()
 
     def get(self, name: str, version: str) -> tuple[Manifest, Any]:
-        """The manifest and the loaded estimator of one model version.
+        """The manifest and the runtime of one model version (built once, then shared).
 
         Raises ModelNotFound / VersionNotFound / IntegrityError / RegistryError.
         """
@@ -56,11 +60,12 @@ class ModelCache:
             expected_sha256=manifest.sha256,
             trusted_types=manifest.trusted_types,
         )
+        runtime = runtimes.load(manifest, estimator)
         with self._lock:
-            self._models[key] = (manifest, estimator)
+            self._models[key] = (manifest, runtime)
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
             self.stats.loads += 1
             self.stats.load_seconds += time.perf_counter() - t0
             self.stats.by_model.setdefault(key, [0, 0])[0] += 1
-        return manifest, estimator
+        return manifest, runtime

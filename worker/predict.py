@@ -376,6 +376,10 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _matrix(manifest: Manifest, columns: dict[str, np.ndarray]) -> np.ndarray:
+    return np.column_stack([_float_column(columns[f.name]) for f in manifest.features])
+
+
 def _labels_follow_proba(estimator: Any) -> bool:
     """Whether ``predict`` is exactly ``classes_[argmax(predict_proba)]`` for this model.
 
@@ -397,11 +401,13 @@ def predict_jobs(manifest: Manifest, estimator: Any,
     """One vectorized call (chunked at ``chunk_rows``) for all jobs; their outputs as JSON."""
     names = [f.name for f in manifest.features]
     merged = {n: _stack([cols[n] for _, cols in decoded]) for n in names}
-    frame = build_frame(manifest, merged)
+    # A runtime that reads a float matrix (treelite on a bare ensemble) skips the DataFrame.
+    named = manifest.named_features and getattr(estimator, "wants_frame", True)
+    frame = build_frame(manifest, merged) if named else _matrix(manifest, merged)
     total = sum(j.n_rows for j, _ in decoded)
     rows: list[bytes] = []
     for start in range(0, total, chunk_rows):
-        part = frame.iloc[start:start + chunk_rows] if manifest.named_features \
+        part = frame.iloc[start:start + chunk_rows] if named \
             else frame[start:start + chunk_rows]
         rows += _predict_rows(manifest, estimator, part)
     if len(rows) != total:

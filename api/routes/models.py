@@ -37,6 +37,7 @@ def describe(state: AppState, manifest: Manifest) -> dict[str, Any]:
         "format": manifest.format,
         "created_at": m["created_at"],
         "library_versions": manifest.library_versions,
+        "runtime": m["runtime"],
     }
 
 

@@ -42,6 +42,9 @@ def sizes(rng: random.Random) -> list[int]:
 async def test_concurrent_jobs_of_two_models_match_local_predictions(
     stack: Any, registry_with_models: Registry
 ) -> None:
+    # With the accelerated runtimes on: iris (a forest) runs on treelite, mixed on sklearn.
+    assert registry_with_models.resolve("iris", None).runtime.name == "treelite"
+    assert registry_with_models.resolve("mixed", None).runtime.name == "sklearn"
     s = stack(workers=1, concurrency=2)
     rng = random.Random(7)
     jobs = []

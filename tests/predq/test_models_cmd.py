@@ -134,3 +134,31 @@ def test_push_refuses_a_dirty_sample_unless_told_to_drop_its_rows(root: Path, tm
     manifest = json.loads(run("show", "mixed").output)
     features = {f["name"]: f for f in manifest["features"]}
     assert features["x1"]["type"] == "integer" and features["x1"]["example"] in (1, 3)
+
+
+def test_push_chooses_and_show_reports_the_runtime(root: Path, iris_file: Path,
+                                                    tmp_path: Path) -> None:
+    result = run("push", str(iris_file), "--name", "iris")
+    assert result.exit_code == 0, result.output
+    assert "runtime treelite (verified on" in result.output
+    assert "labels equal" in result.output and "faster than sklearn" in result.output
+    rt = json.loads(run("show", "iris").output)["runtime"]
+    assert rt["name"] == "treelite" and rt["requested"] == "auto"
+    assert rt["verification"]["passed"] and rt["verification"]["labels_equal"]
+    assert rt["verification"]["max_abs_diff"] <= 1e-9 and rt["tolerance"] == 1e-9
+    assert rt["speed"][0]["rows"] == 10 and rt["speed"][0]["speedup"] > 0
+
+    forced = run("push", str(iris_file), "--name", "iris", "--runtime", "sklearn")
+    assert forced.exit_code == 0 and "runtime sklearn (requested by the operator)" in forced.output
+    assert json.loads(run("show", "iris", "--version", "2").output)["runtime"]["name"] == "sklearn"
+
+    mixed = tmp_path / "mixed.joblib"
+    dump_estimator(train_mixed_pipeline(), mixed, "joblib")
+    kept = run("push", str(mixed), "--name", "mixed")
+    assert "runtime sklearn (kept: LogisticRegression is not a tree ensemble" in kept.output
+    refused = CliRunner().invoke(models, ["push", str(mixed), "--name", "mixed",
+                                          "--runtime", "treelite"])
+    assert refused.exit_code == 1 and "treelite cannot serve this model" in refused.output
+    bad = CliRunner().invoke(models, ["push", str(mixed), "--name", "mixed",
+                                      "--tolerance", "-1"])
+    assert bad.exit_code == 2

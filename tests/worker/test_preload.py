@@ -60,6 +60,12 @@ def test_the_first_job_finds_its_model_loaded(registry_with_models: Registry,
     worker = start_worker(1)
     hits, _ = _first_job_cache_use(registry_with_models)
     assert hits == 1, worker.tail(50)  # served from the cache the pool process inherited
+    log = worker.tail(200)
+    # The runtime is built with the model, in the parent, before the fork: iris (a forest)
+    # on treelite, mixed (a LogisticRegression pipeline) on the estimator itself.
+    assert "model iris v1 runs on treelite" in log
+    assert log.index("model iris v1 runs on treelite") < log.index("preloaded model iris v1")
+    assert "model mixed v1 runs on" not in log
 
 
 def test_preloading_can_be_turned_off(registry_with_models: Registry,
