@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.ratelimit import RateLimiter
 from api.ratelimit import enforce as enforce_rate_limit
 from api.waiters import Waiters
 from shared.auth import ANONYMOUS, KeyRing, Principal
@@ -32,8 +33,8 @@ class AppState:
     schemas: dict[tuple[str, str, str], ModelSchema]
     #: Checks a webhook spec at submit time (raises InvalidInput); None: no check.
     webhook_guard: Callable[[Any], None] | None = None
-    #: api.ratelimit.RateLimiter, set at startup; None: no rate limiting.
-    rate_limiter: Any = None
+    #: Set at startup (api.ratelimit.install); None: no rate limiting.
+    rate_limiter: RateLimiter | None = None
 
     async def queue_info(self, job: dict[str, Any]) -> dict[str, Any]:
         """Extra fields for a queued job (position, ETA); empty otherwise."""
@@ -77,14 +78,14 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
                   creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
                   ) -> Principal:
         if not state.keyring.enabled:
-            await enforce_rate_limit(state, request, None)  # per client IP
+            await enforce_rate_limit(state.rate_limiter, request, None)  # per client IP
             return ANONYMOUS
         if creds is None or creds.scheme.lower() != "bearer":
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         principal = state.keyring.authenticate(creds.credentials)
         if principal is None:
             raise Unauthorized("unknown API key")
-        await enforce_rate_limit(state, request, principal.name)
+        await enforce_rate_limit(state.rate_limiter, request, principal.name)
         if scope not in principal.scopes and not principal.is_admin:
             raise Forbidden(f"this key lacks the {scope!r} scope")
         return principal

@@ -1,4 +1,10 @@
-"""RFC 9457 problem details: every error the API answers is ``application/problem+json``."""
+"""RFC 9457 problem details: every error the API answers is ``application/problem+json``.
+
+A named error (``shared.errors``) carries its status, title, detail and headers; the one
+:func:`problem_of` turns any of them into its answer, with no case for any class. The other
+handlers answer what is not predq's own: FastAPI's validation errors, Starlette's HTTP errors,
+Redis being unreachable (as :class:`~shared.errors.StoreUnavailable`) and anything unexpected.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from shared.errors import PredqError, QueueFull
+from shared.errors import PredqError, StoreUnavailable
 
 log = logging.getLogger("predq.api")
 
@@ -26,14 +32,17 @@ def problem(status: int, title: str, detail: str, *, errors: list[dict[str, Any]
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def problem_of(exc: PredqError) -> Response:
+    """The answer to a named error: everything it needs is on the error."""
+    return problem(exc.status, exc.title, exc.detail, errors=exc.errors,
+                   headers=dict(exc.headers), type_=exc.type_)
+
+
 def _predq_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PredqError)
-    headers = dict(exc.headers)
-    if isinstance(exc, QueueFull):
-        headers["Retry-After"] = str(exc.retry_after)
     if exc.status >= 500:
         log.error("server-side error: %s", exc, exc_info=exc)
-    return problem(exc.status, exc.title, exc.detail, errors=exc.errors, headers=headers)
+    return problem_of(exc)
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:
@@ -57,9 +66,8 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 def _redis_down(request: Request, exc: Exception) -> Response:
     log.warning("Redis unavailable: %r", exc)
-    return problem(503, "Service unavailable",
-                   "the job store (Redis) is unreachable; retry shortly",
-                   headers={"Retry-After": "2"})
+    return problem_of(StoreUnavailable("the job store (Redis) is unreachable; retry shortly",
+                                       retry_after=2))
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:

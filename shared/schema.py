@@ -27,7 +27,7 @@ from typing_extensions import TypedDict
 
 from shared import codec
 from shared.errors import InvalidInput
-from shared.registry import Feature, Manifest
+from shared.manifest import Feature, Manifest
 
 #: Largest enum of categories written into the JSON schema as ``Literal``; larger sets are
 #: checked by a validator and listed only in ``features``.

@@ -1,8 +1,8 @@
 """What one batch tells the operators: its metrics and its log line.
 
-:class:`BatchObserver` turns a :class:`worker.predict.BatchReport` into Redis commands queued on
-the batch's finish pipeline (so metrics cost no extra round trip) and into one log line per
-batch carrying the batch id and the ids of its jobs, so that a job can be followed from the
+:class:`BatchObserver` turns a :class:`worker.batch_report.BatchReport` into Redis commands
+queued on the batch's finish pipeline (so metrics cost no extra round trip) and into one log line
+per batch carrying the batch id and the ids of its jobs, so that a job can be followed from the
 API's request line to the batch that ran it. It never raises into the batch.
 """
 
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from shared import metrics as m
 from shared.keys import Keys
+from worker.batch_report import BatchReport
 
 if TYPE_CHECKING:
     from worker.cache import ModelCache
-    from worker.predict import BatchReport
 
 log = logging.getLogger("predq.worker.batch")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from shared.registry import Manifest
 from shared.settings import Settings
 from shared.store import FAILED, SUCCEEDED, Scripts, drain_bucket, error_payload
 from worker import render
+from worker.batch_report import BatchReport
 from worker.cache import ModelCache
 from worker.observe import BatchObserver
 from worker.timelimit import JobTimeLimit, time_limit
@@ -48,22 +49,6 @@ class Job:
     n_rows: int
     inputs: bytes
     webhook: bytes
-
-
-@dataclass
-class BatchReport:
-    """What one batch did; handed to the metrics/logging hook."""
-
-    batch_id: str
-    n_jobs: int = 0
-    n_rows: int = 0
-    calls: list[tuple[str, str, int, int, float]] = field(default_factory=list)
-    """(model, version, jobs, rows, seconds) per predict group."""
-    outcomes: dict[str, tuple[str, float, str | None]] = field(default_factory=dict)
-    queue_waits: list[float] = field(default_factory=list)
-    """Seconds from each claimed job's submission to the claim."""
-    ended_at_claim: list[str] = field(default_factory=list)
-    """Final statuses the claim itself set (expired, or failed as poison)."""
 
 
 WebhookFor = Callable[[str, str, bytes], tuple[str, bytes]]
