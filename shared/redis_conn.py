@@ -6,6 +6,12 @@ kombu's form: ``sentinel://[:password@]host:port[/db]`` with several nodes joine
 The password in the URL is the *master's*; ``PREDQ_REDIS_SENTINEL_PASSWORD`` is for the
 Sentinel nodes themselves when they require one. Celery gets the same URL and
 :func:`celery_transport_options`, so the API, the workers and Flower all follow a failover.
+
+The Redis boundary's types are redis-py's own (it ships ``py.typed``), sync and async kept
+apart: annotate a blocking client :data:`SyncRedis` and an asyncio one :data:`AsyncRedis`, and
+their pipelines :data:`SyncPipeline` / :data:`AsyncPipeline` (never ``Any``), so that mypy
+sees a missing ``await`` (an ``Awaitable`` used as a value) and a blocking client where an
+asyncio one belongs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import redis
+import redis.asyncio as aioredis
+import redis.asyncio.client
+import redis.client
+
 from shared.settings import Settings
+
+SyncRedis = redis.Redis
+SyncPipeline = redis.client.Pipeline
+AsyncRedis = aioredis.Redis
+AsyncPipeline = redis.asyncio.client.Pipeline
 
 SENTINEL_SCHEME = "sentinel://"
 
@@ -70,10 +86,8 @@ def _sentinel_kwargs(settings: Settings, kwargs: dict[str, Any]) -> dict[str, An
     return out
 
 
-def sync_client(settings: Settings, **kwargs: Any) -> Any:
+def sync_client(settings: Settings, **kwargs: Any) -> SyncRedis:
     """A blocking ``redis.Redis`` (of the current master, under Sentinel)."""
-    import redis
-
     if not is_sentinel(settings.redis_url):
         return redis.Redis.from_url(settings.redis_url, **kwargs)
     from redis.sentinel import Sentinel
@@ -89,14 +103,14 @@ def sync_client(settings: Settings, **kwargs: Any) -> Any:
 
     t = parse_sentinel_url(settings.redis_url)
     sentinel = Sentinel(t.nodes, sentinel_kwargs=_sentinel_kwargs(settings, kwargs))
-    return sentinel.master_for(_master(settings), redis_class=SentinelMaster, db=t.db,
-                               username=t.username, password=t.password, **kwargs)
+    master: SentinelMaster = sentinel.master_for(
+        _master(settings), redis_class=SentinelMaster, db=t.db, username=t.username,
+        password=t.password, **kwargs)
+    return master
 
 
-def async_client(settings: Settings, **kwargs: Any) -> Any:
+def async_client(settings: Settings, **kwargs: Any) -> AsyncRedis:
     """An asyncio ``redis.asyncio.Redis`` (of the current master, under Sentinel)."""
-    import redis.asyncio as aioredis
-
     if not is_sentinel(settings.redis_url):
         return aioredis.Redis.from_url(settings.redis_url, **kwargs)
     from redis.asyncio.sentinel import Sentinel
@@ -112,8 +126,10 @@ def async_client(settings: Settings, **kwargs: Any) -> Any:
 
     t = parse_sentinel_url(settings.redis_url)
     sentinel = Sentinel(t.nodes, sentinel_kwargs=_sentinel_kwargs(settings, kwargs))
-    return sentinel.master_for(_master(settings), redis_class=SentinelMaster, db=t.db,
-                               username=t.username, password=t.password, **kwargs)
+    master: SentinelMaster = sentinel.master_for(
+        _master(settings), redis_class=SentinelMaster, db=t.db, username=t.username,
+        password=t.password, **kwargs)
+    return master
 
 
 def celery_transport_options(settings: Settings) -> dict[str, Any]:

@@ -36,10 +36,13 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from shared.errors import ModelNotFound, RegistryError, VersionNotFound
 
 # What a version is lives in shared.manifest; its names stay importable from here.
-from shared.manifest import NAME_RE, VERSION_RE, Manifest, sha256_file
+from shared.manifest import NAME_RE as NAME_RE
+from shared.manifest import VERSION_RE as VERSION_RE
 from shared.manifest import Feature as Feature
 from shared.manifest import FeatureType as FeatureType
+from shared.manifest import Manifest as Manifest
 from shared.manifest import Scalar as Scalar
+from shared.manifest import sha256_file as sha256_file
 
 # Starts with a letter, so an alias can never be all digits (and never shadow a version).
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")

@@ -73,7 +73,7 @@ def _feature_type(feature: Feature, accepts_missing: bool, max_string: int) -> A
     base: Any
     if feature.categories is not None and not feature.allow_unknown:
         if len(feature.categories) <= _MAX_LITERAL:
-            base = Literal[tuple(feature.categories)]  # type: ignore[valid-type]
+            base = Literal[tuple(feature.categories)]
         else:
             scalar = str if feature.type == "string" else float
             base = Annotated[scalar, Field(strict=True), _one_of(frozenset(feature.categories))]
@@ -108,7 +108,7 @@ def build_output_row_model(manifest: Manifest) -> type[BaseModel]:
     if manifest.task == "regression":
         return create_model(name, value=(float, ...))
     classes = tuple(manifest.classes or ())
-    label_t: Any = Literal[classes] if classes else Any  # type: ignore[valid-type]
+    label_t: Any = Literal[classes] if classes else Any
     if manifest.has_predict_proba:
         return create_model(name, label=(label_t, ...), probabilities=(dict[str, float], ...))
     return create_model(name, label=(label_t, ...))

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: PositiveFloat = Field(10.0, description="Timeout of one delivery.")
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000],
+        default_factory=lambda: list[float]([0, 5, 300, 1800, 7200, 18000, 36000]),
         description="Comma-separated delays of the attempts, in seconds.",
     )
     webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(
