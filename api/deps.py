@@ -15,6 +15,7 @@ from api.waiters import Waiters
 from shared.auth import ANONYMOUS, KeyRing, Principal
 from shared.errors import Forbidden, ModelNotFound, PredqError, Unauthorized
 from shared.jobs import AsyncJobs, queue_position
+from shared.redis_conn import AsyncRedis
 from shared.registry import Manifest, Registry
 from shared.schema import ModelSchema
 from shared.settings import Settings
@@ -25,7 +26,7 @@ class AppState:
     """Everything the routes share, created in the lifespan and closed on shutdown."""
 
     settings: Settings
-    redis: Any
+    redis: AsyncRedis
     jobs: AsyncJobs
     registry: Registry
     waiters: Waiters

@@ -27,12 +27,13 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 
 from shared.errors import RateLimited
 from shared.keys import Keys
+from shared.redis_conn import AsyncRedis
 from shared.settings import Settings
 
 log = logging.getLogger("predq.api")
@@ -46,7 +47,7 @@ WARN_EVERY_S = 10.0
 class RateLimiter:
     """Counts requests per identity in Redis and raises :class:`RateLimited` over the limit."""
 
-    def __init__(self, settings: Settings, redis_client: Any) -> None:
+    def __init__(self, settings: Settings, redis_client: AsyncRedis) -> None:
         from limits import parse_many
         from limits.aio.storage import RedisStorage
         from limits.aio.strategies import FixedWindowRateLimiter
@@ -55,7 +56,9 @@ class RateLimiter:
         # The API's own pool: same server (or Sentinel master), same timeouts, no new sockets.
         storage = RedisStorage("async+redis://", implementation="redispy",
                                key_prefix=Keys(settings.key_prefix).rate_limit_prefix(),
-                               connection_pool=redis_client.connection_pool)
+                               # limits types its **options as scalars; it passes them on
+                               connection_pool=redis_client.connection_pool,  # type: ignore[arg-type]
+                               )
         self.limiter = FixedWindowRateLimiter(storage)
         self._last_warning = -math.inf
 
@@ -108,7 +111,7 @@ class LimitedState(Protocol):
     """What the limiter needs of the app's state (``api.deps.AppState``)."""
 
     settings: Settings
-    redis: Any
+    redis: AsyncRedis
     rate_limiter: RateLimiter | None
 
 

@@ -11,19 +11,22 @@ The Redis boundary's types are redis-py's own (it ships ``py.typed``), sync and 
 apart: annotate a blocking client :data:`SyncRedis` and an asyncio one :data:`AsyncRedis`, and
 their pipelines :data:`SyncPipeline` / :data:`AsyncPipeline` (never ``Any``), so that mypy
 sees a missing ``await`` (an ``Awaitable`` used as a value) and a blocking client where an
-asyncio one belongs.
+asyncio one belongs. redis-py types a reply ``bytes | str`` (it cannot know that predq's clients
+never set ``decode_responses``): where a reply is unpacked, annotate it (``list[Any]``) rather
+than cast it, so that an un-awaited call still fails the check.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.client
 import redis.client
+import redis.commands.core
 
 from shared.settings import Settings
 
@@ -31,6 +34,12 @@ SyncRedis = redis.Redis
 SyncPipeline = redis.client.Pipeline
 AsyncRedis = aioredis.Redis
 AsyncPipeline = redis.asyncio.client.Pipeline
+#: What ``register_script`` returns, on a blocking and on an asyncio client.
+Script = redis.commands.core.Script
+AsyncScript = redis.commands.core.AsyncScript
+#: A blocking or an asyncio client, for what binds to either (``shared.store.Scripts``): the
+#: binding's type says which, so ``Scripts[AsyncRedis]`` calls must be awaited.
+RedisClient = TypeVar("RedisClient", SyncRedis, AsyncRedis)
 
 SENTINEL_SCHEME = "sentinel://"
 

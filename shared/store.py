@@ -12,12 +12,14 @@ awaitable of it).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic
 
 import orjson
 
 from shared.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, Keys
+from shared.redis_conn import AsyncScript, RedisClient, Script
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED = (
     "queued", "running", "succeeded", "failed", "cancelled", "expired",
@@ -184,17 +186,17 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-class Scripts:
+class Scripts(Generic[RedisClient]):
     """The job-store scripts bound to one Redis client (sync or asyncio)."""
 
-    def __init__(self, client: Any, keys: Keys) -> None:
-        self.client = client
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
+        self.client: RedisClient = client
         self.keys = keys
-        self._submit = client.register_script(_SUBMIT)
-        self._claim = client.register_script(_CLAIM)
-        self._finish = client.register_script(_FINISH)
+        self._submit: Callable[..., Any] = client.register_script(_SUBMIT)
+        self._claim: Callable[..., Any] = client.register_script(_CLAIM)
+        self._finish: Script | AsyncScript = client.register_script(_FINISH)
         self._finish_loaded = False
-        self._cancel = client.register_script(_CANCEL)
+        self._cancel: Callable[..., Any] = client.register_script(_CANCEL)
 
     def submit(self, *, job_id: str, fields: dict[str, Any], message: bytes, queue: str,
                model: str, n_rows: int, ttl: int, idempotency_key: str | None = None,
@@ -228,7 +230,7 @@ class Scripts:
         )
 
     def finish(self, results: list[tuple[str, str, str, bytes, str, bytes]], ttl: int,
-               client: Any = None) -> Any:
+               client: RedisClient | None = None) -> Any:
         """Finish jobs given as (job_id, status, field, payload, webhook_queue, message).
 
         ``client`` may be a pipeline, to send this with other commands in one round trip.

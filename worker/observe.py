@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared import metrics as m
 from shared.keys import Keys
+from shared.redis_conn import SyncPipeline, SyncRedis
 from worker.batch_report import BatchReport
 
 if TYPE_CHECKING:
@@ -37,14 +38,14 @@ class BatchObserver:
         self._cache_seen: dict[tuple[str, str], tuple[int, int]] = {}
         self._load_seconds_seen = 0.0
 
-    def record(self, pipe: Any, report: BatchReport, finished: Finished) -> None:
+    def record(self, pipe: SyncPipeline, report: BatchReport, finished: Finished) -> None:
         """Queue the batch's metric commands on ``pipe`` (executed with the batch's results)."""
         try:
             self._record(pipe, report, finished)
         except Exception as e:  # metrics never fail a batch
             log.warning("could not record the metrics of batch %s: %r", report.batch_id, e)
 
-    def _record(self, pipe: Any, report: BatchReport, finished: Finished) -> None:
+    def _record(self, pipe: SyncPipeline, report: BatchReport, finished: Finished) -> None:
         keys = self.keys
         statuses: dict[str, int] = {}
         for _, status, *_ in finished:
@@ -63,7 +64,7 @@ class BatchObserver:
                 m.PREDICT_ROWS.inc(pipe, keys, rows, model=model, version=version)
         self._record_cache(pipe)
 
-    def _record_cache(self, pipe: Any) -> None:
+    def _record_cache(self, pipe: SyncPipeline) -> None:
         """Add what the model cache did since the last batch (its counters are cumulative)."""
         if self.cache is None:
             return
@@ -82,7 +83,7 @@ class BatchObserver:
                                      float(stats.load_seconds - self._load_seconds_seen))
             self._load_seconds_seen = stats.load_seconds
 
-    def discarded(self, client: Any, statuses: list[str]) -> None:
+    def discarded(self, client: SyncRedis, statuses: list[str]) -> None:
         """Jobs whose result was discarded (cancelled while they ran) were counted with the
         status they would have had; the API counted their cancellation. Take ours back.
 
