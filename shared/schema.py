@@ -39,7 +39,7 @@ MAX_ERRORS = 200
 #: that can only fail in the worker (found by tests/fuzz/test_properties.py).
 FLOAT32_MAX = 3.4028234663852886e38
 
-#: The events a webhook can ask for. (``job.started`` is not offered: see docs/webhooks.md.)
+#: The events a webhook can ask for. (``job.started`` is not offered: see README.md § Webhooks.)
 WebhookEvent = Literal["job.completed", "job.failed"]
 TERMINAL_EVENTS: list[WebhookEvent] = ["job.completed", "job.failed"]
 

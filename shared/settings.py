@@ -167,7 +167,7 @@ class Settings(BaseSettings):
         None, description="user:password for Flower; required when it listens beyond loopback."
     )
 
-    # -- operations (see docs/operations.md) ---------------------------------------------
+    # -- operations (see README.md § Operations) -----------------------------------------
     redis_sentinel_master: str | None = Field(
         None, description="Sentinel master name; required when redis_url is sentinel://."
     )
