@@ -145,7 +145,7 @@ def _lifecycle_step(settings: Settings) -> type[bootsteps.StartStopStep]:
 
         def __init__(self, c: Any, **kwargs: Any) -> None:
             super().__init__(c, **kwargs)
-            self.client: Any = None  # a SyncRedis once started
+            self.client: Any = None
             self.tref: Any = None
             self.started_at = time.time()
 
