@@ -9,11 +9,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.ratelimit import RateLimiter
 from api.ratelimit import enforce as enforce_rate_limit
 from api.waiters import Waiters
 from shared.auth import ANONYMOUS, KEY_PREFIX, KeyRing, Principal
 from shared.errors import Forbidden, ModelNotFound, PredqError, Unauthorized
 from shared.jobs import AsyncJobs, queue_position
+from shared.redis_conn import AsyncRedis
 from shared.registry import Manifest, Registry
 from shared.schema import ModelSchema
 from shared.settings import Settings
@@ -24,7 +26,7 @@ class AppState:
     """Everything the routes share, created in the lifespan and closed on shutdown."""
 
     settings: Settings
-    redis: Any
+    redis: AsyncRedis
     jobs: AsyncJobs
     registry: Registry
     waiters: Waiters
@@ -32,8 +34,8 @@ class AppState:
     schemas: dict[tuple[str, str, str], ModelSchema]
     #: Checks a webhook spec at submit time (raises InvalidInput); None: no check.
     webhook_guard: Callable[[Any], None] | None = None
-    #: api.ratelimit.RateLimiter, set at startup; None: no rate limiting.
-    rate_limiter: Any = None
+    #: Set at startup (api.ratelimit.install); None: no rate limiting.
+    rate_limiter: RateLimiter | None = None
 
     async def queue_info(self, job: dict[str, Any]) -> dict[str, Any]:
         """Extra fields for a queued job (position, ETA); empty otherwise."""
@@ -92,7 +94,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
                   creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
                   ) -> Principal:
         if not state.keyring.enabled:
-            await enforce_rate_limit(state, request, None)  # per client IP
+            await enforce_rate_limit(state.rate_limiter, request, None)  # per client IP
             request.state.principal = ANONYMOUS
             return ANONYMOUS
         if creds is None or creds.scheme.lower() != "bearer":
@@ -101,7 +103,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         if principal is None:
             raise Unauthorized("unknown API key")
         request.state.principal = principal  # read by api.problems (what a 404 may say)
-        await enforce_rate_limit(state, request, principal.name)
+        await enforce_rate_limit(state.rate_limiter, request, principal.name)
         if scope not in principal.scopes and not principal.is_admin:
             raise Forbidden(f"this key lacks the {scope!r} scope")
         return principal

@@ -45,7 +45,7 @@ def install(app: FastAPI) -> None:
         doc = get_openapi(title=app.title, version=app.version, description=app.description,
                           routes=app.routes, webhooks=app.webhooks.routes)
         components = doc.setdefault("components", {}).setdefault("schemas", {})
-        generic = {"type": "object", "required": ["inputs"], "properties": {
+        generic: dict[str, Any] = {"type": "object", "required": ["inputs"], "properties": {
             "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"},
                        "description": "Rows: see GET /v1/models/{name} for the features."},
             "version": {"type": ["string", "null"]},

@@ -1,4 +1,10 @@
-"""RFC 9457 problem details: every error the API answers is ``application/problem+json``."""
+"""RFC 9457 problem details: every error the API answers is ``application/problem+json``.
+
+A named error (``shared.errors``) carries its status, title, detail and headers; the one
+:func:`problem_of` turns any of them into its answer, with no case for any class. The other
+handlers answer what is not predq's own: FastAPI's validation errors, Starlette's HTTP errors,
+Redis being unreachable (as :class:`~shared.errors.StoreUnavailable`) and anything unexpected.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from shared.errors import ModelNotFound, PredqError, QueueFull
+from shared.errors import ModelNotFound, PredqError, StoreUnavailable
 
 log = logging.getLogger("predq.api")
 
@@ -56,17 +62,22 @@ def _unknown_model_detail(request: Request, detail: str) -> str:
     return detail
 
 
+def problem_of(exc: PredqError, detail: str | None = None) -> Response:
+    """The answer to a named error: everything it needs is on the error (``detail``
+    replaces the error's own when the caller adds context)."""
+    return problem(exc.status, exc.title, exc.detail if detail is None else detail,
+                   errors=exc.errors,
+                   headers=dict(exc.headers), type_=exc.type_)
+
+
 def _predq_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PredqError)
-    headers = dict(exc.headers)
-    if isinstance(exc, QueueFull):
-        headers["Retry-After"] = str(exc.retry_after)
     if exc.status >= 500:
         log.error("server-side error: %s", exc, exc_info=exc)
-    detail = exc.detail
-    if isinstance(exc, ModelNotFound):
-        detail = _unknown_model_detail(request, detail)
-    return problem(exc.status, exc.title, detail, errors=exc.errors, headers=headers)
+    # What an unknown model's 404 may add depends on the caller (see _unknown_model_detail).
+    detail = _unknown_model_detail(request, exc.detail) if isinstance(exc, ModelNotFound) \
+        else None
+    return problem_of(exc, detail)
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:
@@ -90,9 +101,8 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 def _redis_down(request: Request, exc: Exception) -> Response:
     log.warning("Redis unavailable: %r", exc)
-    return problem(503, "Service unavailable",
-                   "the job store (Redis) is unreachable; retry shortly",
-                   headers={"Retry-After": "2"})
+    return problem_of(StoreUnavailable("the job store (Redis) is unreachable; retry shortly",
+                                       retry_after=2))
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:

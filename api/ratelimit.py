@@ -5,7 +5,8 @@ auth disabled, against the client's IP address (the peer uvicorn sees; behind a 
 ``X-Forwarded-For`` address when the proxy is in uvicorn's ``FORWARDED_ALLOW_IPS``). The limit is
 ``settings.rate_limit`` (``"100000/minute"``; several limits joined by ``;`` all apply; empty:
 none). Over it, the request gets ``429`` problem+json with ``Retry-After``: whole seconds
-until the window that refused it resets. The check runs inside the auth dependency, so a
+until the window that refused it resets (:class:`shared.errors.RateLimited`, answered by the
+one handler of ``api.problems``). The check runs inside the auth dependency, so a
 refused request never has its body read.
 
 Contracts:
@@ -17,7 +18,7 @@ Contracts:
   capacity; it must not turn a Redis outage into 500s (routes that need Redis answer 503
   themselves).
 - Fixed window: cheap (one ``INCR`` per request and limit) but a client may spend up to twice
-  its limit across a window boundary. See docs/security.md.
+  its limit across a window boundary. See README.md § Rate limits.
 """
 
 from __future__ import annotations
@@ -26,17 +27,14 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from fastapi import FastAPI, Request
-from starlette.responses import Response
 
-from shared.errors import PredqError
+from shared.errors import RateLimited
 from shared.keys import Keys
+from shared.redis_conn import AsyncRedis
 from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from api.deps import AppState
 
 log = logging.getLogger("predq.api")
 
@@ -46,21 +44,10 @@ CHECK_TIMEOUT_S = 0.5
 WARN_EVERY_S = 10.0
 
 
-class RateLimited(PredqError):
-    """The caller spent its rate limit; ``retry_after`` is whole seconds (>= 1)."""
-
-    status = 429
-    title = "Too many requests"
-
-    def __init__(self, detail: str, *, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-
-
 class RateLimiter:
     """Counts requests per identity in Redis and raises :class:`RateLimited` over the limit."""
 
-    def __init__(self, settings: Settings, redis_client: Any) -> None:
+    def __init__(self, settings: Settings, redis_client: AsyncRedis) -> None:
         from limits import parse_many
         from limits.aio.storage import RedisStorage
         from limits.aio.strategies import FixedWindowRateLimiter
@@ -69,7 +56,9 @@ class RateLimiter:
         # The API's own pool: same server (or Sentinel master), same timeouts, no new sockets.
         storage = RedisStorage("async+redis://", implementation="redispy",
                                key_prefix=Keys(settings.key_prefix).rate_limit_prefix(),
-                               connection_pool=redis_client.connection_pool)
+                               # limits types its **options as scalars; it passes them on
+                               connection_pool=redis_client.connection_pool,  # type: ignore[arg-type]
+                               )
         self.limiter = FixedWindowRateLimiter(storage)
         self._last_warning = -math.inf
 
@@ -104,9 +93,11 @@ class RateLimiter:
                         "through): %r", error)
 
 
-async def enforce(state: AppState, request: Request, principal_name: str | None) -> None:
-    """Count this request against its key (``principal_name``) or, when None, its client IP."""
-    limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
+async def enforce(limiter: RateLimiter | None, request: Request,
+                  principal_name: str | None) -> None:
+    """Count this request against its key (``principal_name``) or, when None, its client IP.
+
+    ``limiter`` None (not started): nothing is counted."""
     if limiter is None:
         return
     if principal_name is not None:
@@ -116,19 +107,18 @@ async def enforce(state: AppState, request: Request, principal_name: str | None)
     await limiter.hit(identity)
 
 
-def _rate_limited(request: Request, exc: Exception) -> Response:
-    from api.problems import problem
+class LimitedState(Protocol):
+    """What the limiter needs of the app's state (``api.deps.AppState``)."""
 
-    assert isinstance(exc, RateLimited)
-    return problem(exc.status, exc.title, exc.detail,
-                   headers={"Retry-After": str(exc.retry_after)})
+    settings: Settings
+    redis: AsyncRedis
+    rate_limiter: RateLimiter | None
 
 
 def install(app: FastAPI) -> None:
-    """Create the limiter when the app starts, and answer RateLimited as 429 + Retry-After."""
+    """Create the limiter when the app starts (RateLimited answers through api.problems)."""
 
-    def start(state: AppState) -> None:
+    def start(state: LimitedState) -> None:
         state.rate_limiter = RateLimiter(state.settings, state.redis)
 
     app.state.predq_startup_hooks.append(start)
-    app.add_exception_handler(RateLimited, _rate_limited)

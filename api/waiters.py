@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+
+from shared.redis_conn import AsyncRedis
 
 log = logging.getLogger("predq.api.waiters")
 
 
 class Waiters:
-    def __init__(self, client: Any, channel: str) -> None:
+    def __init__(self, client: AsyncRedis, channel: str) -> None:
         self.client = client
         self.channel = channel
         self._waiting: dict[str, set[asyncio.Event]] = {}

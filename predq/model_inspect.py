@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,9 @@ def _array_bytes(obj: Any, seen: set[int] | None = None, depth: int = 0) -> tupl
         while isinstance(base, np.ndarray) and base.base is not None and \
                 not isinstance(base, np.memmap):
             base = base.base  # type: ignore[assignment]
-        mapped = isinstance(obj, np.memmap) or isinstance(base, np.memmap) or \
+        is_mapped = isinstance(obj, np.memmap) or isinstance(base, np.memmap) or \
             type(base).__name__ == "mmap"
-        return obj.nbytes, obj.nbytes if mapped else 0
+        return obj.nbytes, obj.nbytes if is_mapped else 0
     total = mapped = 0
     children: Any = ()
     if isinstance(obj, dict):
@@ -151,12 +152,16 @@ def runtimes_for(model: Any) -> dict[str, Callable[[pd.DataFrame], Any]]:
     return found
 
 
+def _call_rows(fn: Callable[[Any], Any], rows: Any, n: int) -> Any:
+    return fn(rows[:n])
+
+
 def measure_runtimes(model: Any, rows: pd.DataFrame) -> list[RuntimeResult]:
     results = []
     reference = None
     for name, fn in runtimes_for(model).items():
         try:
-            latency = {n: _best_ms(lambda n=n, fn=fn: fn(rows[:n]), repeat=20, budget_s=1.5)
+            latency = {n: _best_ms(partial(_call_rows, fn, rows, n), repeat=20, budget_s=1.5)
                        for n in ROW_COUNTS}
             out = np.asarray(fn(rows))
             if reference is None:
@@ -208,12 +213,13 @@ def recommend(formats: list[FormatResult], runtimes: list[RuntimeResult]) -> dic
     why = "predq stores uncompressed joblib: it loads memory-mapped"
     if joblib_r and joblib_r.shared_bytes:
         why += f", so worker processes share {joblib_r.shared_bytes / 1e6:.1f} MB of arrays"
-    small = [f for f in formats if f.bytes and joblib_r and joblib_r.bytes
-             and f.bytes < joblib_r.bytes * 0.5 and "zlib" in f.format]
-    if small:
-        why += (f"; {small[0].format} would be {small[0].bytes / 1e6:.2f} MB instead of "
-                f"{joblib_r.bytes / 1e6:.2f} MB, but each process would hold its own copy"
-                if joblib_r and joblib_r.bytes else "")
+    base_bytes = joblib_r.bytes if joblib_r else None
+    small = [(f.format, f.bytes) for f in formats if f.bytes and base_bytes
+             and f.bytes < base_bytes * 0.5 and "zlib" in f.format]
+    if small and base_bytes:
+        fmt, size = small[0]
+        why += (f"; {fmt} would be {size / 1e6:.2f} MB instead of {base_bytes / 1e6:.2f} MB, "
+                "but each process would hold its own copy")
     ok = [r for r in runtimes if r.latency_ms and (r.matches_sklearn in (None, True))]
     best = min(ok, key=lambda r: r.latency_ms.get(10, float("inf"))) if ok else None
     run = best.runtime if best else "sklearn"

@@ -1,23 +1,44 @@
-"""Named errors of predq. Only ``api/`` turns them into HTTP problem details."""
+"""Named errors of predq: the one vocabulary of what can go wrong, and how the API says it.
+
+Each error carries everything its HTTP answer needs: ``status``, ``title``, ``type_``,
+``detail``, ``errors`` and ``headers`` (a 401's ``WWW-Authenticate``, a 429's or 503's
+``Retry-After``). Only ``api/`` turns them into responses, with one handler
+(``api.problems``) that knows no error class by name: a new error needs no new handler.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
 class PredqError(Exception):
-    """Base of predq's errors. ``status`` and ``title`` say how the API should answer."""
+    """Base of predq's errors. ``status``, ``title`` and ``headers`` say how the API answers."""
 
     status = 400
     title = "Bad request"
     type_ = "about:blank"
-    #: Extra response headers (e.g. WWW-Authenticate on a 401).
-    headers: dict[str, str] = {}
+    #: Extra response headers (e.g. WWW-Authenticate on a 401). An error whose headers depend
+    #: on the instance sets them in ``__init__`` (see :class:`RetryLater`).
+    headers: Mapping[str, str] = {}
 
     def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
+
+
+class RetryLater(PredqError):
+    """An answer that says when to try again: ``retry_after`` whole seconds (>= 1), sent as
+    the ``Retry-After`` header (RFC 9110 section 10.2.3)."""
+
+    status = 503
+    title = "Service unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.headers = {**type(self).headers, "Retry-After": str(retry_after)}
 
 
 class MalformedJson(PredqError):
@@ -56,10 +77,6 @@ class JobNotFound(PredqError):
     title = "Job not found"
 
 
-class JobExpired(JobNotFound):
-    title = "Job expired"
-
-
 class JobConflict(PredqError):
     status = 409
     title = "Conflict"
@@ -75,13 +92,25 @@ class PayloadTooLarge(PredqError):
     title = "Payload too large"
 
 
-class QueueFull(PredqError):
+class QueueFull(RetryLater):
+    """The model's queue holds too many rows; ``retry_after`` comes from its drain rate."""
+
     status = 429
     title = "Queue full"
 
-    def __init__(self, detail: str, *, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
+
+class RateLimited(RetryLater):
+    """The caller spent its rate limit; ``retry_after`` is when the refusing window resets."""
+
+    status = 429
+    title = "Too many requests"
+
+
+class StoreUnavailable(RetryLater):
+    """The job store (Redis) does not answer."""
+
+    status = 503
+    title = "Service unavailable"
 
 
 class RegistryError(PredqError):

@@ -115,4 +115,4 @@ class _Families:
 
 def render_cluster(snap: ClusterSnapshot) -> bytes:
     """The Prometheus text of the cluster metrics in ``snap``."""
-    return generate_latest(_Families(_cluster_families(snap)))  # type: ignore[arg-type]
+    return generate_latest(_Families(_cluster_families(snap)))

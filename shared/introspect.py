@@ -1,7 +1,7 @@
 """Schema inference: what a fitted estimator expects and returns, read from the estimator.
 
 :func:`infer_manifest_fields` gives the model-dependent fields of a
-:class:`shared.registry.Manifest`. Nobody writes a schema by hand: feature names come from
+:class:`shared.manifest.Manifest`. Nobody writes a schema by hand: feature names come from
 ``feature_names_in_`` (or ``n_features_in_``), categories from fitted encoders, column types
 from a sample's dtypes. Only the registry's push (an operator action) imports this module;
 it imports sklearn, numpy and pandas.
@@ -25,7 +25,7 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 from sklearn.utils.validation import check_is_fitted
 
 from shared.errors import RegistryError, UnsupportedModel
-from shared.registry import Feature, FeatureType
+from shared.manifest import Feature, FeatureType
 
 # handle_unknown values with which an encoder accepts a category it never saw.
 _LENIENT = frozenset({"ignore", "infrequent_if_exist", "use_encoded_value", "warn"})

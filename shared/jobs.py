@@ -19,6 +19,7 @@ from shared.errors import JobConflict, JobNotFound, QueueFull
 from shared.keys import DRAIN_WINDOW_S, Keys
 from shared.messages import predict_message
 from shared.metrics import JOBS_FINISHED
+from shared.redis_conn import AsyncRedis
 from shared.schema import ParsedJob
 from shared.settings import Settings
 from shared.store import (
@@ -35,7 +36,7 @@ from shared.store import (
 class AsyncJobs:
     """Job operations over an asyncio Redis client."""
 
-    def __init__(self, client: Any, settings: Settings) -> None:
+    def __init__(self, client: AsyncRedis, settings: Settings) -> None:
         self.client = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)

@@ -28,9 +28,9 @@ import logging
 import os
 import re
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import overload
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,6 +42,7 @@ from prometheus_client import (
 from prometheus_client.utils import floatToGoString
 
 from shared.keys import Keys
+from shared.redis_conn import AsyncPipeline, AsyncRedis, SyncRedis
 
 log = logging.getLogger("predq.metrics")
 
@@ -89,7 +90,15 @@ class ClusterCounter:
     #: Label sets rendered as 0 before anything happened (so rate() works from the start).
     initial: tuple[tuple[str, ...], ...] = ()
 
-    def inc(self, pipe: Any, keys: Keys, amount: float = 1, **labels: str) -> Any:
+    @overload
+    def inc(self, pipe: AsyncRedis, keys: Keys, amount: float = 1, **labels: str
+            ) -> Awaitable[float]: ...
+
+    @overload
+    def inc(self, pipe: SyncRedis, keys: Keys, amount: float = 1, **labels: str) -> float: ...
+
+    def inc(self, pipe: SyncRedis | AsyncRedis, keys: Keys, amount: float = 1, **labels: str
+            ) -> Awaitable[float] | float:
         """``HINCRBY`` (or ``HINCRBYFLOAT``) on ``pipe``: a pipeline, a client, or an asyncio
         client (then await the returned value)."""
         fld = sample_field(self.name, {k: labels[k] for k in self.labelnames})
@@ -117,9 +126,10 @@ class ClusterHistogram:
         i = bisect.bisect_left(self.buckets, value)
         return self.bounds[i] if i < len(self.bounds) else "+Inf"
 
-    def observe(self, pipe: Any, keys: Keys, values: Iterable[float], **labels: str) -> None:
+    def observe(self, pipe: SyncRedis | AsyncPipeline, keys: Keys, values: Iterable[float],
+                **labels: str) -> None:
         """Queue the commands recording ``values``: one HINCRBY per bucket touched, plus sum
-        and count. Nothing is queued for no values."""
+        and count. Nothing is queued for no values. Not an asyncio client: nothing awaits."""
         base = {k: labels[k] for k in self.labelnames}
         tally: Tally[str] = Tally()
         total = 0.0
@@ -181,7 +191,7 @@ CLUSTER_METRICS: tuple[ClusterCounter | ClusterHistogram, ...] = (
 )
 
 
-def record_webhook(pipe_or_client: Any, keys: Keys, outcome: str,
+def record_webhook(pipe_or_client: SyncRedis | None, keys: Keys, outcome: str,
                    seconds: float | None = None) -> None:
     """Count one webhook delivery attempt; never raises.
 

@@ -6,15 +6,40 @@ kombu's form: ``sentinel://[:password@]host:port[/db]`` with several nodes joine
 The password in the URL is the *master's*; ``PREDQ_REDIS_SENTINEL_PASSWORD`` is for the
 Sentinel nodes themselves when they require one. Celery gets the same URL and
 :func:`celery_transport_options`, so the API, the workers and Flower all follow a failover.
+
+The Redis boundary's types are redis-py's own (it ships ``py.typed``), sync and async kept
+apart: annotate a blocking client :data:`SyncRedis` and an asyncio one :data:`AsyncRedis`, and
+their pipelines :data:`SyncPipeline` / :data:`AsyncPipeline` (never ``Any``), so that mypy
+sees a missing ``await`` (an ``Awaitable`` used as a value) and a blocking client where an
+asyncio one belongs. redis-py types a reply ``bytes | str`` (it cannot know that predq's clients
+never set ``decode_responses``): where a reply is unpacked, annotate it (``list[Any]``) rather
+than cast it, so that an un-awaited call still fails the check.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+import redis
+import redis.asyncio as aioredis
+import redis.asyncio.client
+import redis.client
+import redis.commands.core
+
 from shared.settings import Settings
+
+SyncRedis = redis.Redis
+SyncPipeline = redis.client.Pipeline
+AsyncRedis = aioredis.Redis
+AsyncPipeline = redis.asyncio.client.Pipeline
+#: What ``register_script`` returns, on a blocking and on an asyncio client.
+Script = redis.commands.core.Script
+AsyncScript = redis.commands.core.AsyncScript
+#: A blocking or an asyncio client, for what binds to either (``shared.store.Scripts``): the
+#: binding's type says which, so ``Scripts[AsyncRedis]`` calls must be awaited.
+RedisClient = TypeVar("RedisClient", SyncRedis, AsyncRedis)
 
 SENTINEL_SCHEME = "sentinel://"
 
@@ -70,10 +95,8 @@ def _sentinel_kwargs(settings: Settings, kwargs: dict[str, Any]) -> dict[str, An
     return out
 
 
-def sync_client(settings: Settings, **kwargs: Any) -> Any:
+def sync_client(settings: Settings, **kwargs: Any) -> SyncRedis:
     """A blocking ``redis.Redis`` (of the current master, under Sentinel)."""
-    import redis
-
     if not is_sentinel(settings.redis_url):
         return redis.Redis.from_url(settings.redis_url, **kwargs)
     from redis.sentinel import Sentinel
@@ -89,14 +112,14 @@ def sync_client(settings: Settings, **kwargs: Any) -> Any:
 
     t = parse_sentinel_url(settings.redis_url)
     sentinel = Sentinel(t.nodes, sentinel_kwargs=_sentinel_kwargs(settings, kwargs))
-    return sentinel.master_for(_master(settings), redis_class=SentinelMaster, db=t.db,
-                               username=t.username, password=t.password, **kwargs)
+    master: SentinelMaster = sentinel.master_for(
+        _master(settings), redis_class=SentinelMaster, db=t.db, username=t.username,
+        password=t.password, **kwargs)
+    return master
 
 
-def async_client(settings: Settings, **kwargs: Any) -> Any:
+def async_client(settings: Settings, **kwargs: Any) -> AsyncRedis:
     """An asyncio ``redis.asyncio.Redis`` (of the current master, under Sentinel)."""
-    import redis.asyncio as aioredis
-
     if not is_sentinel(settings.redis_url):
         return aioredis.Redis.from_url(settings.redis_url, **kwargs)
     from redis.asyncio.sentinel import Sentinel
@@ -112,8 +135,10 @@ def async_client(settings: Settings, **kwargs: Any) -> Any:
 
     t = parse_sentinel_url(settings.redis_url)
     sentinel = Sentinel(t.nodes, sentinel_kwargs=_sentinel_kwargs(settings, kwargs))
-    return sentinel.master_for(_master(settings), redis_class=SentinelMaster, db=t.db,
-                               username=t.username, password=t.password, **kwargs)
+    master: SentinelMaster = sentinel.master_for(
+        _master(settings), redis_class=SentinelMaster, db=t.db, username=t.username,
+        password=t.password, **kwargs)
+    return master
 
 
 def celery_transport_options(settings: Settings) -> dict[str, Any]:

@@ -21,7 +21,6 @@ Contracts:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,68 +29,31 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from shared.errors import ModelNotFound, RegistryError, VersionNotFound
-from shared.runtimes import RuntimeRecord, choose
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-VERSION_RE = re.compile(r"^[0-9]+$")
+# What a version is lives in shared.manifest; its names stay importable from here.
+from shared.manifest import NAME_RE as NAME_RE
+from shared.manifest import VERSION_RE as VERSION_RE
+from shared.manifest import Feature as Feature
+from shared.manifest import FeatureType as FeatureType
+from shared.manifest import Manifest as Manifest
+from shared.manifest import Scalar as Scalar
+from shared.manifest import sha256_file as sha256_file
+from shared.runtimes import choose
+
 # Starts with a letter, so an alias can never be all digits (and never shadow a version).
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 DEFAULT_ALIAS = "production"
 MANIFEST_FILE = "manifest.json"
 ALIASES_FILE = "aliases.json"
 
-Scalar = str | int | float | bool
-FeatureType = Literal["number", "integer", "string", "boolean"]
 _T = TypeVar("_T")
 _Stamp = tuple[int, int, int, int]
 _ALIASES = TypeAdapter(dict[str, str])
-
-
-class Feature(BaseModel):
-    """One input column of a model, as the API validates it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    type: FeatureType
-    required: bool
-    categories: list[Scalar] | None = None
-    allow_unknown: bool = True
-    #: A real value for the API's examples (the sample's median or most frequent value, or a
-    #: known category), recorded at push; None when there was nothing to take it from.
-    example: Scalar | None = None
-
-
-class Manifest(BaseModel):
-    """What the registry knows of one model version (``manifest.json``)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    name: str = Field(pattern=NAME_RE.pattern)
-    version: str = Field(pattern=VERSION_RE.pattern)
-    format: Literal["joblib", "skops"]
-    # A bare file name: never a path, so the artifact always sits next to its manifest.
-    artifact: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size_bytes: int = Field(ge=0)
-    task: Literal["classification", "regression"]
-    estimator: str
-    features: list[Feature]
-    named_features: bool
-    classes: list[Scalar] | None = None
-    has_predict_proba: bool
-    accepts_missing: bool
-    created_at: datetime
-    library_versions: dict[str, str]
-    trusted_types: list[str] | None = None
-    #: What computes the outputs (chosen and verified at push; see shared.runtimes). A
-    #: manifest written before runtimes existed reads as plain scikit-learn.
-    runtime: RuntimeRecord = Field(default_factory=RuntimeRecord)
 
 
 class ModelInfo(BaseModel):
@@ -103,15 +65,6 @@ class ModelInfo(BaseModel):
     versions: list[str]
     aliases: dict[str, str]
     default_version: str
-
-
-def sha256_file(path: Path, *, chunk_size: int = 1 << 20) -> str:
-    """The hex sha256 of the file at ``path``, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _q(value: str) -> str:

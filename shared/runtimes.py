@@ -37,23 +37,24 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import RegistryError
+from shared.manifest import DEFAULT_TOLERANCE as DEFAULT_TOLERANCE
+from shared.manifest import RUNTIMES as RUNTIMES
+from shared.manifest import Requested as Requested
+from shared.manifest import RuntimeName as RuntimeName
+from shared.manifest import RuntimeRecord as RuntimeRecord
+from shared.manifest import Speed as Speed
+from shared.manifest import Verification as Verification
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from shared.registry import Manifest
+    from shared.manifest import Manifest
 
 log = logging.getLogger("predq.runtimes")
 
-RuntimeName = Literal["sklearn", "treelite"]
-Requested = Literal["auto", "sklearn", "treelite"]
-RUNTIMES: tuple[str, ...] = ("sklearn", "treelite")
-DEFAULT_TOLERANCE = 1e-9
 #: Decisions closer than this to a tie (or to 0 for binary boosting) are left to sklearn.
 TIE_MARGIN = 1e-7
 #: Rows generated when no sample is given.
@@ -80,66 +81,6 @@ class Runtime(Protocol):
     def predict(self, x: Any) -> Any: ...
 
     def predict_proba(self, x: Any) -> Any: ...
-
-
-class Verification(BaseModel):
-    """How the accelerated runtime compared with scikit-learn on the verification rows."""
-
-    model_config = ConfigDict(frozen=True)
-
-    rows: int
-    source: Literal["sample", "generated", "sample+generated"]
-    labels_equal: bool | None = None
-    """Classifiers: every label equal to ``model.predict`` (None for regressors)."""
-    max_abs_diff: float | None = None
-    """Largest |difference| of a probability (classifiers) or value (regressors)."""
-    passed: bool
-
-
-class Speed(BaseModel):
-    """Median time of one call at push, scikit-learn against the chosen runtime."""
-
-    model_config = ConfigDict(frozen=True)
-
-    rows: int
-    sklearn_ms: float
-    runtime_ms: float
-    speedup: float
-
-
-class RuntimeRecord(BaseModel):
-    """The runtime of one model version, as the manifest records it."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    name: RuntimeName = "sklearn"
-    requested: Requested = "auto"
-    tolerance: float = DEFAULT_TOLERANCE
-    """Largest accepted |difference| from scikit-learn (1e-9 unless the operator set one)."""
-    verification: Verification | None = None
-    speed: list[Speed] = Field(default_factory=list)
-    reason: str | None = None
-    """Why this runtime: e.g. why scikit-learn was kept."""
-    library_version: str | None = None
-    """The accelerated library's version the verification ran with."""
-
-    def summary(self) -> str:
-        """One line for people, e.g. ``treelite (verified on 512 rows, labels equal, ...)``."""
-        bits = []
-        v = self.verification
-        if v is not None:
-            diff = "n/a" if v.max_abs_diff is None else f"{v.max_abs_diff:.3g}"
-            labels = "" if v.labels_equal is None else (
-                ", labels equal" if v.labels_equal else ", labels differ")
-            bits.append(f"{'verified' if v.passed else 'verification failed'} on {v.rows} "
-                        f"rows{labels}, max |diff| {diff}")
-        if self.name != "sklearn" and self.tolerance != DEFAULT_TOLERANCE:
-            bits.append(f"tolerance {self.tolerance:g} set by the operator")
-        for s in self.speed[:1]:
-            bits.append(f"{s.speedup:.1f}x faster than sklearn at {s.rows} rows")
-        if self.reason:
-            bits.append(self.reason)
-        return f"{self.name} ({'; '.join(bits)})" if bits else self.name
 
 
 class RuntimeRefused(RegistryError):

@@ -29,7 +29,7 @@ from typing_extensions import TypedDict
 from shared import codec
 from shared.errors import InvalidInput
 from shared.jsonsafe import unsafe_values
-from shared.registry import Feature, Manifest
+from shared.manifest import Feature, Manifest, Scalar
 
 #: Largest enum of categories written into the JSON schema as ``Literal``; larger sets are
 #: checked by a validator and listed only in ``features``.
@@ -41,7 +41,7 @@ MAX_ERRORS = 200
 #: that can only fail in the worker (found by tests/fuzz/test_properties.py).
 FLOAT32_MAX = 3.4028234663852886e38
 
-#: The events a webhook can ask for. (``job.started`` is not offered: see docs/webhooks.md.)
+#: The events a webhook can ask for. (``job.started`` is not offered: see README.md § Webhooks.)
 WebhookEvent = Literal["job.completed", "job.failed"]
 TERMINAL_EVENTS: list[WebhookEvent] = ["job.completed", "job.failed"]
 
@@ -87,7 +87,7 @@ def _feature_type(feature: Feature, accepts_missing: bool, max_string: int) -> A
     base: Any
     if feature.categories is not None and not feature.allow_unknown:
         if len(feature.categories) <= _MAX_LITERAL:
-            base = Literal[tuple(feature.categories)]  # type: ignore[valid-type]
+            base = Literal[tuple(feature.categories)]
             if feature.type == "integer":
                 base = Annotated[base, _INTEGRAL]
         else:
@@ -125,7 +125,7 @@ def build_output_row_model(manifest: Manifest) -> type[BaseModel]:
     if manifest.task == "regression":
         return create_model(name, value=(float, ...))
     classes = tuple(manifest.classes or ())
-    label_t: Any = Literal[classes] if classes else Any  # type: ignore[valid-type]
+    label_t: Any = Literal[classes] if classes else Any
     if manifest.has_predict_proba:
         return create_model(name, label=(label_t, ...), probabilities=(dict[str, float], ...))
     return create_model(name, label=(label_t, ...))
@@ -283,7 +283,9 @@ def example_row(manifest: Manifest, max_string: int | None = None) -> dict[str, 
                                                and value not in f.categories)):
             value = f.categories[0]
         if value is None or not _fits(value, f.type):
-            value = {"integer": 0, "number": 0.0, "boolean": False, "string": ""}[f.type]
+            defaults: dict[str, Scalar] = {"integer": 0, "number": 0.0, "boolean": False,
+                                           "string": ""}
+            value = defaults[f.type]
         if isinstance(value, str) and max_string is not None and not f.categories:
             value = value[:max_string]
         row[f.name] = value

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import IntegrityError, RegistryError
+from shared.manifest import sha256_file
 
 FORMATS = ("joblib", "skops")
 # Every pickle of protocol >= 2 starts with the PROTO opcode. Compressed joblib files start
@@ -167,8 +168,6 @@ def dump_estimator(estimator: Any, path: Path, fmt: str) -> None:
 
 
 def _check_sha256(path: Path, expected: str) -> None:
-    from shared.registry import sha256_file
-
     try:
         actual = sha256_file(path)
     except FileNotFoundError as e:

@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: PositiveFloat = Field(10.0, description="Timeout of one delivery.")
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000],
+        default_factory=lambda: list[float]([0, 5, 300, 1800, 7200, 18000, 36000]),
         description="Comma-separated delays of the attempts, in seconds: entry i is the "
         "delay before attempt i (the first counted from the job's end).",
     )
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
         None, description="user:password for Flower; required when it listens beyond loopback."
     )
 
-    # -- operations (see docs/operations.md) ---------------------------------------------
+    # -- operations (see README.md § Operations) -----------------------------------------
     redis_sentinel_master: str | None = Field(
         None, description="Sentinel master name; required when redis_url is sentinel://."
     )

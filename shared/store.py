@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic
 
 import orjson
 
 from shared.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, Keys
+from shared.redis_conn import AsyncScript, RedisClient, Script
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED = (
     "queued", "running", "succeeded", "failed", "cancelled", "expired",
@@ -280,19 +282,19 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-class Scripts:
+class Scripts(Generic[RedisClient]):
     """The job-store scripts bound to one Redis client (sync or asyncio)."""
 
-    def __init__(self, client: Any, keys: Keys) -> None:
-        self.client = client
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
+        self.client: RedisClient = client
         self.keys = keys
-        self._submit = client.register_script(_SUBMIT)
-        self._claim = client.register_script(_CLAIM)
-        self._finish = client.register_script(_FINISH)
+        self._submit: Callable[..., Any] = client.register_script(_SUBMIT)
+        self._claim: Callable[..., Any] = client.register_script(_CLAIM)
+        self._finish: Script | AsyncScript = client.register_script(_FINISH)
         self._finish_loaded = False
-        self._cancel = client.register_script(_CANCEL)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._cancel: Callable[..., Any] = client.register_script(_CANCEL)
+        self._renew: Callable[..., Any] = client.register_script(_RENEW)
+        self._release: Callable[..., Any] = client.register_script(_RELEASE)
 
     def submit(self, *, job_id: str, fields: dict[str, Any], message: bytes, queue: str,
                model: str, n_rows: int, ttl: int, idempotency_key: str | None = None,
@@ -344,7 +346,7 @@ class Scripts:
                              args=[t for _, t in leases])
 
     def finish(self, results: list[tuple[str, str, str, bytes, str, bytes]], ttl: int,
-               client: Any = None, predicted: list[bool] | None = None) -> Any:
+               client: RedisClient | None = None, predicted: list[bool] | None = None) -> Any:
         """Finish jobs given as (job_id, status, field, payload, webhook_queue, message).
 
         ``predicted`` says per job whether predict ran for it (counted in its

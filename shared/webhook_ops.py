@@ -15,6 +15,7 @@ import orjson
 from shared.errors import InvalidInput, JobConflict, JobNotFound
 from shared.keys import Keys
 from shared.messages import webhook_message
+from shared.redis_conn import AsyncRedis
 from shared.schema import WebhookSpec
 from shared.settings import Settings
 from shared.ssrf import AllowList, UnsafeUrl, check_url
@@ -49,7 +50,7 @@ def submit_guard(settings: Settings) -> Callable[[WebhookSpec], None]:
     return guard
 
 
-async def redeliver(client: Any, settings: Settings, job_id: str) -> str:
+async def redeliver(client: AsyncRedis, settings: Settings, job_id: str) -> str:
     """Start a fresh round of attempts of a job's webhook (same webhook-id); its event.
 
     The new state, the removal from the dead letters and the task message are one atomic
@@ -59,8 +60,9 @@ async def redeliver(client: Any, settings: Settings, job_id: str) -> str:
     keys = Keys(settings.key_prefix)
     store = WebhookStore(client, keys, settings.webhook_queue)
     for _ in range(_CAS_TRIES):
-        status_b, spec_b, raw_state = await client.hmget(
-            keys.job(job_id), ["status", "webhook", "webhook_state"])
+        row: list[Any] = await client.hmget(keys.job(job_id),
+                                            ["status", "webhook", "webhook_state"])
+        status_b, spec_b, raw_state = row
         if status_b is None:
             raise JobNotFound(f"no job {job_id!r}")
         if spec_b is None:
@@ -85,7 +87,7 @@ async def redeliver(client: Any, settings: Settings, job_id: str) -> str:
     raise JobConflict("the webhook's state kept changing; retry")
 
 
-async def dead_letters(client: Any, settings: Settings, *, limit: int, offset: int
+async def dead_letters(client: AsyncRedis, settings: Settings, *, limit: int, offset: int
                        ) -> dict[str, Any]:
     """The dead-letter list, newest first: ``{"total", "items": [...]}``.
 
@@ -94,11 +96,12 @@ async def dead_letters(client: Any, settings: Settings, *, limit: int, offset: i
     keys = Keys(settings.key_prefix)
     dead = keys.webhook_dead()
     await client.zremrangebyscore(dead, "-inf", repr(time.time() - settings.result_ttl_s))
-    members = await client.zrevrange(dead, offset, offset + limit - 1, withscores=True)
+    members: list[Any] = await client.zrevrange(dead, offset, offset + limit - 1,
+                                                withscores=True)
     async with client.pipeline(transaction=False) as pipe:
         for member, _ in members:
             pipe.hmget(keys.job(member.decode()), ["status", "webhook", "webhook_state"])
-        rows = await pipe.execute() if members else []
+        rows: list[Any] = await pipe.execute() if members else []
     items: list[dict[str, Any]] = []
     gone: list[bytes] = []
     for (member, score), (status, spec_b, state_b) in zip(members, rows, strict=True):

@@ -24,12 +24,13 @@ that no longer exists; ``attempts`` keeps the last MAX_ATTEMPTS_KEPT entries.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Literal
 
 import orjson
 
 from shared.keys import Keys
+from shared.redis_conn import RedisClient
 from shared.webhooks import Outcome, iso, next_delay, webhook_id
 
 PENDING, DELIVERING, DELIVERED, FAILED = "pending", "delivering", "delivered", "failed"
@@ -200,16 +201,16 @@ def _fail(state: State, detail: str) -> State:
     return state
 
 
-class WebhookStore:
+class WebhookStore(Generic[RedisClient]):
     """The two scripts bound to one Redis client (sync or asyncio: calls return whatever
     the client returns)."""
 
-    def __init__(self, client: Any, keys: Keys, queue: str) -> None:
-        self.client = client
+    def __init__(self, client: RedisClient, keys: Keys, queue: str) -> None:
+        self.client: RedisClient = client
         self.keys = keys
         self.queue = queue
-        self._cas = client.register_script(_CAS)
-        self._pump = client.register_script(_PUMP)
+        self._cas: Callable[..., Any] = client.register_script(_CAS)
+        self._pump: Callable[..., Any] = client.register_script(_PUMP)
 
     def cas(self, job_id: str, event: str, expected: bytes | None, new: State, *,
             due: float | str | None, dead: DeadAction, now: float, message: bytes = b""

@@ -24,6 +24,7 @@ import orjson
 from shared.keys import Keys
 from shared.messages import webhook_message
 from shared.metrics import record_webhook
+from shared.redis_conn import SyncRedis
 from shared.settings import Settings
 from shared.ssrf import AllowList, BlockedAddress, Resolver, Target, UnsafeUrl, resolve
 from shared.store import VIEW_FIELDS, decode_fields
@@ -82,7 +83,7 @@ def webhook_for(settings: Settings) -> Callable[[str, str, bytes], tuple[str, by
     return hook
 
 
-def poison_webhook(client: Any, settings: Settings) -> Callable[[str], None]:
+def poison_webhook(client: SyncRedis, settings: Settings) -> Callable[[str], None]:
     """The BatchPredictor ``on_poison`` hook: push the job.failed webhook of a job that the
     claim failed as poison, when its webhook asks for it.
 
@@ -94,7 +95,7 @@ def poison_webhook(client: Any, settings: Settings) -> Callable[[str], None]:
 
     def on_poison(job_id: str) -> None:
         try:
-            spec = client.hget(keys.job(job_id), "webhook")
+            spec: bytes | None = client.hget(keys.job(job_id), "webhook")  # type: ignore[assignment]
             if spec:
                 queue, message = hook(job_id, "failed", spec)
                 if queue:
@@ -109,7 +110,7 @@ def poison_webhook(client: Any, settings: Settings) -> Callable[[str], None]:
 class Deliverer:
     """Makes webhook attempts (see the module docstring). One instance serves all threads."""
 
-    def __init__(self, client: Any, settings: Settings, *, http: httpx.Client | None = None,
+    def __init__(self, client: SyncRedis, settings: Settings, *, http: httpx.Client | None = None,
                  resolver: Resolver = socket.getaddrinfo, rng: random.Random | None = None
                  ) -> None:
         self.client = client

@@ -1,8 +1,8 @@
 """What one batch tells the operators: its metrics and its log line.
 
-:class:`BatchObserver` turns a :class:`worker.predict.BatchReport` into Redis commands queued on
-the batch's finish pipeline (so metrics cost no extra round trip) and into one log line per
-batch carrying the batch id and the ids of its jobs, so that a job can be followed from the
+:class:`BatchObserver` turns a :class:`worker.batch_report.BatchReport` into Redis commands
+queued on the batch's finish pipeline (so metrics cost no extra round trip) and into one log line
+per batch carrying the batch id and the ids of its jobs, so that a job can be followed from the
 API's request line to the batch that ran it. It never raises into the batch.
 """
 
@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from shared import metrics as m
 from shared.keys import Keys
+from shared.redis_conn import SyncPipeline, SyncRedis
+from worker.batch_report import BatchReport
 
 if TYPE_CHECKING:
     from worker.cache import ModelCache
-    from worker.predict import BatchReport
 
 log = logging.getLogger("predq.worker.batch")
 
@@ -42,14 +43,14 @@ class BatchObserver:
             k: (v[0], v[1]) for k, v in (stats.by_model.items() if stats else ())}
         self._load_seconds_seen = stats.load_seconds if stats else 0.0
 
-    def record(self, pipe: Any, report: BatchReport, finished: Finished) -> None:
+    def record(self, pipe: SyncPipeline, report: BatchReport, finished: Finished) -> None:
         """Queue the batch's metric commands on ``pipe`` (executed with the batch's results)."""
         try:
             self._record(pipe, report, finished)
         except Exception as e:  # metrics never fail a batch
             log.warning("could not record the metrics of batch %s: %r", report.batch_id, e)
 
-    def _record(self, pipe: Any, report: BatchReport, finished: Finished) -> None:
+    def _record(self, pipe: SyncPipeline, report: BatchReport, finished: Finished) -> None:
         keys = self.keys
         statuses: dict[str, int] = {}
         for _, status, *_ in finished:
@@ -68,7 +69,7 @@ class BatchObserver:
                 m.PREDICT_ROWS.inc(pipe, keys, rows, model=model, version=version)
         self._record_cache(pipe)
 
-    def _record_cache(self, pipe: Any) -> None:
+    def _record_cache(self, pipe: SyncPipeline) -> None:
         """Add what the model cache did since the last batch (its counters are cumulative)."""
         if self.cache is None:
             return
@@ -87,7 +88,7 @@ class BatchObserver:
                                      float(stats.load_seconds - self._load_seconds_seen))
             self._load_seconds_seen = stats.load_seconds
 
-    def report_cache(self, client: Any) -> None:
+    def report_cache(self, client: SyncRedis) -> None:
         """Send what the model cache did since this observer last looked, in its own round
         trip (the worker's preload, which runs before any batch). Errors are logged."""
         try:
@@ -97,7 +98,7 @@ class BatchObserver:
         except Exception as e:
             log.warning("could not record the model loads: %r", e)
 
-    def discarded(self, client: Any, statuses: list[str]) -> None:
+    def discarded(self, client: SyncRedis, statuses: list[str]) -> None:
         """Jobs whose result was discarded (cancelled while they ran) were counted with the
         status they would have had; the API counted their cancellation. Take ours back.
 

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ from shared.store import (
     lease_seconds,
 )
 from worker import render
+from worker.batch_report import BatchReport
 from worker.cache import ModelCache
 from worker.observe import BatchObserver
 from worker.timelimit import JobTimeLimit, interruptible, time_limit
@@ -59,28 +60,6 @@ class Job:
     n_rows: int
     inputs: bytes
     webhook: bytes
-
-
-@dataclass
-class BatchReport:
-    """What one batch did; handed to the metrics/logging hook."""
-
-    batch_id: str
-    n_jobs: int = 0
-    n_rows: int = 0
-    calls: list[tuple[str, str, int, int, float]] = field(default_factory=list)
-    """(model, version, jobs, rows, seconds) per predict group."""
-    outcomes: dict[str, tuple[str, float, str | None]] = field(default_factory=dict)
-    queue_waits: list[float] = field(default_factory=list)
-    """Seconds from each claimed job's submission to the claim."""
-    ended_at_claim: list[str] = field(default_factory=list)
-    """Final statuses the claim itself set (expired, or failed as poison)."""
-    duplicates: list[int] = field(default_factory=list)
-    """Positions (in the batch's requests) of duplicate deliveries: the job was running
-    under another delivery's live lease, or had already ended through another delivery.
-    Skipped: not predicted, not counted, no outcome of their own (their message is acked)."""
-    predicted: set[str] = field(default_factory=set)
-    """Ids of the jobs predict ran for (counted in each job's ``predictions`` field)."""
 
 
 WebhookFor = Callable[[str, str, bytes], tuple[str, bytes]]
@@ -365,7 +344,7 @@ def _frame_column(kind: str, nullable: bool, col: np.ndarray) -> Any:
 
 def _float_column(col: np.ndarray) -> np.ndarray:
     if isinstance(col, np.ma.MaskedArray):
-        return col.astype(np.float64).filled(np.nan)
+        return np.ma.filled(col.astype(np.float64), np.nan)
     return col.astype(np.float64, copy=False)
 
 
@@ -403,7 +382,7 @@ def predict_jobs(manifest: Manifest, estimator: Any,
     merged = {n: _stack([cols[n] for _, cols in decoded]) for n in names}
     # A runtime that reads a float matrix (treelite on a bare ensemble) skips the DataFrame.
     named = manifest.named_features and getattr(estimator, "wants_frame", True)
-    frame = build_frame(manifest, merged) if named else _matrix(manifest, merged)
+    frame: Any = build_frame(manifest, merged) if named else _matrix(manifest, merged)
     total = sum(j.n_rows for j, _ in decoded)
     rows: list[bytes] = []
     for start in range(0, total, chunk_rows):

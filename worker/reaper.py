@@ -21,6 +21,7 @@ from typing import Any
 
 from shared.keys import Keys
 from shared.messages import predict_message
+from shared.redis_conn import SyncRedis
 from shared.settings import Settings
 
 log = logging.getLogger("predq.worker.reaper")
@@ -33,7 +34,7 @@ BATCH = 500
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
-def reap(client: Any, keys: Keys, settings: Settings, now: float | None = None) -> list[str]:
+def reap(client: SyncRedis, keys: Keys, settings: Settings, now: float | None = None) -> list[str]:
     """Redeliver stuck jobs; returns their ids. Errors are logged, never raised.
 
     - ``running`` for longer than ``stuck_after_s``: its worker died and the message did not
@@ -48,10 +49,12 @@ def reap(client: Any, keys: Keys, settings: Settings, now: float | None = None) 
                           ex=max(1, int(settings.reaper_interval_s))):
             return []
         cutoff = now - settings.stuck_after_s
-        running = [i.decode() for i in client.zrangebyscore(
-            keys.running(), "-inf", cutoff, start=0, num=BATCH)]
-        queued = [i.decode() for i in client.zrangebyscore(
-            keys.queued(), "-inf", cutoff, start=0, num=BATCH)]
+        stuck_running: list[Any] = client.zrangebyscore(
+            keys.running(), "-inf", cutoff, start=0, num=BATCH)
+        stuck_queued: list[Any] = client.zrangebyscore(
+            keys.queued(), "-inf", cutoff, start=0, num=BATCH)
+        running = [i.decode() for i in stuck_running]
+        queued = [i.decode() for i in stuck_queued]
         redelivered = _redeliver(client, keys, settings, running, "running", now)
         redelivered += _redeliver(client, keys, settings, queued, "queued", now)
         if redelivered:
@@ -63,7 +66,7 @@ def reap(client: Any, keys: Keys, settings: Settings, now: float | None = None) 
         return []
 
 
-def _redeliver(client: Any, keys: Keys, settings: Settings, ids: list[str], status: str,
+def _redeliver(client: SyncRedis, keys: Keys, settings: Settings, ids: list[str], status: str,
                now: float) -> list[str]:
     if not ids:
         return []

@@ -35,10 +35,11 @@ async def readyz(state: StateDep) -> Response:
     now = time.time()
     try:
         async with asyncio.timeout(READY_REDIS_TIMEOUT_S):
-            alive = await state.redis.zrangebyscore(keys.workers_alive(), now - window, "+inf",
-                                                    withscores=True)
+            alive: list[Any] = await state.redis.zrangebyscore(
+                keys.workers_alive(), now - window, "+inf", withscores=True)
             names = [h.decode() if isinstance(h, bytes) else h for h, _ in alive]
-            infos = await state.redis.mget([keys.worker_info(h) for h in names]) if names else []
+            infos: list[Any] = (await state.redis.mget([keys.worker_info(h) for h in names])
+                                if names else [])
     except Exception as e:
         return _not_ready(f"Redis does not answer: {type(e).__name__}", redis="down")
     workers = []

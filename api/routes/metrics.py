@@ -3,7 +3,7 @@
 ``?scope=process`` serves only this process's HTTP metrics (scrape it on every replica);
 ``?scope=cluster`` only the cluster-wide metrics read from Redis, which are the same on every
 replica (scrape them once, through the load balancer); the default serves both, which suits a
-single replica. See docs/operations.md.
+single replica. See README.md § Metrics.
 """
 
 from __future__ import annotations

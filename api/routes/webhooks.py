@@ -43,7 +43,7 @@ async def list_dead_webhooks(
     return await dead_letters(state.redis, state.settings, limit=limit, offset=offset)
 
 
-_SIGNED = "Signed: verify with any Standard Webhooks library (see docs/webhooks.md)."
+_SIGNED = "Signed: verify with any Standard Webhooks library (see README.md § Webhooks)."
 WebhookId = Annotated[str, Header(alias="webhook-id",
                                   description="Stable per job and event: drop duplicates.")]
 WebhookTimestamp = Annotated[str, Header(alias="webhook-timestamp",

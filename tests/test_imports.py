@@ -1,0 +1,161 @@
+"""The import graph of the project: every module imports, and no import cycle hides anywhere.
+
+Python runs module-level imports when a module is first imported, so a cycle among them is a
+load-order bug waiting to happen; the usual dodge is a function-level (or ``TYPE_CHECKING``)
+import, which hides the cycle instead of removing it. So the graph checked here holds every
+import of a project module, wherever it stands: module level, inside a function, or under
+``if TYPE_CHECKING:``. A function-level import stays allowed for what it is good for (keeping
+sklearn out of the API, keeping the CLI's start fast), never to break a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("api", "worker", "shared", "predq")
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the project's packages: dotted name -> file."""
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _target(name: str) -> str | None:
+    """The project module ``name`` refers to (itself, or the package that holds it)."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _imports(module: str, path: Path) -> list[tuple[str, int, str]]:
+    """(imported project module, line, where: "module" | "function" | "type-checking")."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[tuple[str, int, str]] = []
+
+    def visit(node: ast.AST, where: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = where
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                inner = "function"
+            elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                if where == "module":
+                    inner = "type-checking"
+            if isinstance(child, ast.Import):
+                names = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - child.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                # ``from shared import metrics`` imports the module shared.metrics.
+                names = [f"{base}.{alias.name}" for alias in child.names] or [base]
+            else:
+                visit(child, inner)
+                continue
+            for name in names:
+                target = _target(name)
+                if target is not None and target != module:
+                    found.append((target, child.lineno, inner))
+
+    visit(tree, "module")
+    return sorted(set(found))
+
+
+GRAPH = {module: _imports(module, path) for module, path in MODULES.items()}
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            connect(v)
+    return components
+
+
+def _describe(component: list[str]) -> str:
+    members = set(component)
+    lines = [f"{module}:{line} imports {target} ({where})"
+             for module in component for target, line, where in GRAPH[module]
+             if target in members]
+    return "cycle among " + ", ".join(component) + ":\n  " + "\n  ".join(lines)
+
+
+def test_the_graph_sees_the_project() -> None:
+    # Guards the checks below against passing vacuously (e.g. after a package moves).
+    assert {"api.app", "worker.app", "shared.errors", "predq.cli"} <= set(MODULES)
+    assert ("api.problems", "module") in {(t, w) for t, _, w in GRAPH["api.app"]}
+    assert any(w == "function" for edges in GRAPH.values() for _, _, w in edges)
+
+
+def test_no_cycle_among_module_level_imports() -> None:
+    edges = {m: {t for t, _, w in imports if w == "module"} for m, imports in GRAPH.items()}
+    assert not [_describe(c) for c in _cycles(edges)]
+
+
+def test_no_function_level_or_type_checking_import_hides_a_cycle() -> None:
+    edges = {m: {t for t, _, _ in imports} for m, imports in GRAPH.items()}
+    assert not [_describe(c) for c in _cycles(edges)]
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_module_imports(package: str) -> None:
+    """Every module of ``package`` imports, in a fresh interpreter."""
+    # predq.__main__ runs the CLI when imported.
+    modules = sorted(m for m in MODULES if m.split(".")[0] == package and m != "predq.__main__")
+    code = ("import importlib, sys\n"
+            "for name in sys.argv[1:]:\n"
+            "    importlib.import_module(name)\n")
+    result = subprocess.run([sys.executable, "-c", code, *modules], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
