@@ -133,9 +133,11 @@ class UnsupportedModel(RegistryError):
     title = "Unsupported model"
 
 
-class NotDurable(PredqError):
+class NotDurable(RetryLater):
     """Durable submit is on and the job cannot be confirmed on disk (shared.durability)."""
 
     status = 503
     title = "Service unavailable"
-    headers = {"Retry-After": "2"}
+
+    def __init__(self, detail: str, *, retry_after: int = 2) -> None:
+        super().__init__(detail, retry_after=retry_after)
