@@ -34,6 +34,9 @@ class AppState:
     webhook_guard: Callable[[Any], None] | None = None
     #: api.ratelimit.RateLimiter, set at startup; None: no rate limiting.
     rate_limiter: Any = None
+    #: shared.files.AsyncFiles and shared.batches.AsyncBatches (batch files).
+    files: Any = None
+    batches: Any = None
 
     async def queue_info(self, job: dict[str, Any]) -> dict[str, Any]:
         """Extra fields for a queued job (position, ETA); empty otherwise."""

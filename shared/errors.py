@@ -102,3 +102,13 @@ class UnsupportedModel(RegistryError):
 
     status = 422
     title = "Unsupported model"
+
+
+class FileNotFound(PredqError):
+    status = 404
+    title = "File not found"
+
+
+class BatchNotFound(PredqError):
+    status = 404
+    title = "Batch not found"
