@@ -90,7 +90,7 @@ if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'done_rows', ARGV[2])
   redis.call('HINCRBY', KEYS[1], 'failed_rows', ARGV[3])
   redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-  redis.call('EXPIREAT', KEYS[2], redis.call('HGET', KEYS[1], 'expires_at'))
+  redis.call('EXPIREAT', KEYS[2], math.ceil(tonumber(redis.call('HGET', KEYS[1], 'expires_at'))))
 end
 local final = ''
 local msg = ''

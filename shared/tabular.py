@@ -127,10 +127,15 @@ def _inspect_parquet(path: Path) -> FileInfo:
                     {f.name: str(f.type) for f in schema})
 
 
+def _skip(row: Any) -> str:
+    return "skip"
+
+
 def _csv_header(path: Path) -> list[str]:
     import pyarrow.csv as pcsv
 
     reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 20),
+                           parse_options=pcsv.ParseOptions(invalid_row_handler=_skip),
                            convert_options=pcsv.ConvertOptions(include_columns=[]))
     return list(reader.schema.names)
 
@@ -154,14 +159,14 @@ def _inspect_csv(path: Path) -> FileInfo:
         ragged.append(row)
         return "error"
 
-    # Only the first column is converted: the parser still checks every row's field count.
-    reader = pcsv.open_csv(
-        path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
-        parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pcsv.ConvertOptions(include_columns=[columns[0]],
-                                            column_types={columns[0]: _pa().string()}))
     n = 0
     try:
+        # Only the first column is converted: the parser still counts every row's fields.
+        reader = pcsv.open_csv(
+            path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
+            parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pcsv.ConvertOptions(include_columns=[columns[0]],
+                                                column_types={columns[0]: _pa().string()}))
         for batch in reader:
             n += batch.num_rows
     except _pa().ArrowInvalid as e:

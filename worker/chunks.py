@@ -246,6 +246,9 @@ _MSG = {
     "string_type": "Input should be a valid string",
     "extra_forbidden": "Extra inputs are not permitted",
 }
+#: What pyarrow's CSV reader takes for a missing value (its default null_values).
+_NULL_TEXT = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                        "1.#IND", "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"})
 _TRUE = {"true", "True", "TRUE"}
 _FALSE = {"false", "False", "FALSE"}
 
@@ -332,6 +335,11 @@ def _convert(col: Any, f: Feature, errs: _Errors, strict_text: bool, max_string:
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object), nulls
     if pa.types.is_null(t):
         return np.full(len(nulls), np.nan), nulls
+    if is_text and not strict_text:  # CSV cells read as text: pyarrow's null spellings
+        import pyarrow.compute as pc2
+
+        nulls = nulls | np.asarray(pc2.is_in(col, value_set=pa.array(sorted(_NULL_TEXT)))
+                                   .fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
     if is_text:
         if strict_text:
             kind = {"number": "float_type", "integer": "int_type", "boolean": "bool_type"}
@@ -378,12 +386,14 @@ def _parse_text(col: Any, f: Feature, nulls: np.ndarray, errs: _Errors) -> np.nd
                              "boolean": np.bool_}[f.type])
     except pa.ArrowInvalid:
         pass
-    out = np.full(len(nulls), np.nan)
+    out = np.zeros(len(nulls))  # a bad cell's value is never used (its row fails)
     bad = np.zeros(len(nulls), dtype=bool)
     for i, v in enumerate(col.to_pylist()):
         if v is None:
             continue
         try:
+            if v in _NULL_TEXT:
+                continue
             if f.type == "boolean":
                 if v not in _TRUE | _FALSE:
                     raise ValueError(v)

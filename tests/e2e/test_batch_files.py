@@ -124,3 +124,145 @@ def test_csv_batch_in_order_matches_local_predict(api: Any, registry_with_models
                                want[want.columns[1]].to_numpy())
     errors = client.get(f"/v1/files/{b['error_file_id']}/content")
     assert errors.status_code == 200 and errors.content == b""
+
+
+def _problem(r: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+    body = r.json()
+    text = (body.get("detail", "") + str(body.get("errors", ""))).lower()
+    for w in words:
+        assert w.lower() in text, (w, body)
+    return body
+
+
+def test_bad_uploads_and_bad_batches_get_clear_problems(api: Any, tmp_path: Path) -> None:
+    client = api(PREDQ_MAX_FILE_BYTES="200000")
+    other = api.client_for(str(client.base_url), "other")
+    df = iris_frame(50)
+    csv = df.to_csv(index=False).encode()
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    parquet = buf.getvalue()
+    # A file of another format than its Content-Type, both ways.
+    _problem(upload(client, parquet, "text/csv"), 422, "parquet", "csv")
+    _problem(upload(client, csv, "application/vnd.apache.parquet"), 422, "csv", "parquet")
+    _problem(upload(client, b'{"a": 1}\n', "text/csv"), 422, "jsonl")
+    # Unsupported types and encodings.
+    _problem(upload(client, csv, "application/pdf"), 415, "text/csv")
+    _problem(upload(client, csv, "text/csv", **{"Content-Encoding": "br"}), 415, "gzip")
+    # A truncated gzip stream; a body that is not gzip at all.
+    gz = gzip.compress(csv)
+    _problem(upload(client, gz[: len(gz) // 2], "text/csv", **{"Content-Encoding": "gzip"}),
+             422, "truncated")
+    _problem(upload(client, b"not gzip at all", "text/csv", **{"Content-Encoding": "gzip"}),
+             422, "gzip")
+    # A good gzip upload is stored decoded.
+    r = upload(client, gz, "text/csv", **{"Content-Encoding": "gzip"})
+    assert r.status_code == 201, r.text
+    assert r.json()["bytes"] == len(csv) and r.json()["n_rows"] == 50
+    # A ragged CSV row, an empty file, a header-only file, duplicate column names.
+    ragged = csv.decode().splitlines()
+    ragged[7] = ragged[7] + ",1.0"
+    _problem(upload(client, "\n".join(ragged).encode(), "text/csv"), 422, "ragged", "row 6")
+    _problem(upload(client, b"", "text/csv"), 422, "empty")
+    _problem(upload(client, b"a,b,c\n", "text/csv"), 422, "header")
+    _problem(upload(client, b"a,b,a\n1,2,3\n", "text/csv"), 422, "duplicate", "'a'")
+    # Over the size limit: 413 (with and without Content-Length), nothing left in tmp.
+    big = b"x,y\n" + b"1.0,2.0\n" * 40_000
+    _problem(upload(client, big, "text/csv"), 413, "limit")
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    _problem(client.post("/v1/files", content=chunks(), headers={"Content-Type": "text/csv"}),
+             413, "limit")
+    bomb = gzip.compress(b"x,y\n" + b"1.0,2.0\n" * 200_000)
+    _problem(upload(client, bomb, "text/csv", **{"Content-Encoding": "gzip"}), 413, "limit")
+    leftovers = list((tmp_path / "files" / "tmp").glob("*"))
+    assert leftovers == []
+    # Batches: unknown file, another owner's file, missing/unknown columns, wrong types.
+    _problem(client.post("/v1/models/iris/batches", json={"file_id": "file_" + "0" * 32}),
+             404, "no file")
+    good = upload(client, csv, "text/csv").json()
+    _problem(other.post("/v1/models/iris/batches", json={"file_id": good["id"]}), 404, "no file")
+    _problem(other.get(f"/v1/files/{good['id']}"), 404)
+    _problem(client.post("/v1/models/iris/batches", json={"file_id": good["id"]}), 422,
+             "unknown columns: customer_id")
+    _problem(client.post("/v1/models/iris/batches", json={"file_id": good["id"],
+                                                          "id_column": "nope"}), 422, "nope")
+    short = upload(client, df.drop(columns=["petal_width"]).to_csv(index=False).encode(),
+                   "text/csv").json()
+    _problem(client.post("/v1/models/iris/batches", json={"file_id": short["id"],
+                                                          "id_column": "customer_id"}),
+             422, "missing columns: petal_width")
+    wrong = df.assign(sepal_width=df["sepal_width"].astype(str))
+    buf = io.BytesIO()
+    wrong.to_parquet(buf)
+    wrong_id = upload(client, buf.getvalue(), "application/vnd.apache.parquet").json()["id"]
+    _problem(client.post("/v1/models/iris/batches", json={"file_id": wrong_id,
+                                                          "id_column": "customer_id"}),
+             422, "sepal_width", "string")
+    _problem(client.post("/v1/models/nosuch/batches", json={"file_id": good["id"]}), 404)
+    _problem(client.post("/v1/models/iris/batches", json={"file_id": good["id"],
+                                                          "on_error": "explode"}), 422)
+    # Another owner's batch is a 404, like an unknown one.
+    r = client.post("/v1/models/iris/batches", json={"file_id": good["id"],
+                                                     "id_column": "customer_id"})
+    assert r.status_code == 202
+    bid = r.json()["id"]
+    _problem(other.get(f"/v1/batches/{bid}"), 404, "no batch")
+    _problem(other.delete(f"/v1/batches/{bid}"), 404, "no batch")
+    _problem(client.get("/v1/batches/batch_nope"), 404, "no batch")
+    assert wait_batch(client, bid)["status"] == "succeeded"
+    assert [b["id"] for b in other.get("/v1/batches").json()["data"]] == []
+    # Deleting a file frees it; its id is then unknown.
+    assert client.delete(f"/v1/files/{good['id']}").status_code == 200
+    _problem(client.get(f"/v1/files/{good['id']}"), 404)
+    assert not (tmp_path / "files" / "uploads" / good["id"]).exists()
+
+
+def test_bad_rows_go_to_the_error_file_in_known_places(api: Any, registry_with_models: Any
+                                                       ) -> None:
+    client = api(PREDQ_BATCH_CHUNK_ROWS="300")
+    df = iris_frame(1000)
+    text = df.to_csv(index=False).splitlines()
+    # data row r is line r + 1: a word, an empty cell (missing), inf, a huge number
+    bad = {17: ("sepal_width", "abc", "float_parsing"), 301: ("petal_length", "", "missing"),
+           650: ("petal_width", "inf", "finite_number"),
+           999: ("sepal_length", "1e39", "less_than_equal")}
+    cols = text[0].split(",")
+    for row, (col, value, _) in bad.items():
+        cells = text[row + 1].split(",")
+        cells[cols.index(col)] = value
+        text[row + 1] = ",".join(cells)
+    fid = upload(client, ("\n".join(text) + "\n").encode(), "text/csv").json()["id"]
+    r = client.post("/v1/models/iris/batches", json={"file_id": fid,
+                                                     "id_column": "customer_id",
+                                                     "output_format": "jsonl"})
+    assert r.status_code == 202, r.text
+    b = wait_batch(client, r.json()["id"])
+    assert b["status"] == "succeeded", b
+    assert b["counts"] == {"total": 1000, "done": 996, "failed": 4}
+    lines = [httpx.Response(200, content=line).json() for line in
+             client.get(f"/v1/files/{b['error_file_id']}/content").content.splitlines()]
+    assert [line["row"] for line in lines] == sorted(bad)
+    for line in lines:
+        col, _, kind = bad[line["row"]]
+        assert line["id"] == f"c{line['row']:06d}"
+        assert line["errors"][0]["loc"] == ["row", line["row"], col], line
+        assert line["errors"][0]["type"] == kind, line
+        assert line["errors"][0]["msg"]
+    out = [httpx.Response(200, content=line).json() for line in
+           client.get(f"/v1/files/{b['output_file_id']}/content").content.splitlines()]
+    keep = df.drop(index=list(bad)).reset_index(drop=True)
+    assert [o["customer_id"] for o in out] == keep["customer_id"].tolist()
+    want = local_scores(registry_with_models, keep)
+    assert [o["label"] for o in out] == want["label"].tolist()
+    # on_error: fail fails the batch, naming the first bad rows.
+    r = client.post("/v1/models/iris/batches", json={"file_id": fid, "on_error": "fail",
+                                                     "id_column": "customer_id"})
+    b = wait_batch(client, r.json()["id"])
+    assert b["status"] == "failed", b
+    assert b["error"]["type"] == "InvalidRows" and "row 17" in b["error"]["message"], b
