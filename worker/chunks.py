@@ -323,22 +323,11 @@ def _convert(col: Any, f: Feature, errs: _Errors, strict_text: bool, max_string:
     t = col.type
     is_text = pa.types.is_string(t) or pa.types.is_large_string(t)
     if f.type == "string":
-        if not is_text and not pa.types.is_null(t):
-            errs.add(~nulls, f.name, "string_type")
-            return np.full(len(nulls), None, dtype=object), nulls
-        if pa.types.is_null(t):
-            return np.full(len(nulls), None, dtype=object), nulls
-        lengths = pc.utf8_length(col).to_numpy(zero_copy_only=False)
-        too_long = np.nan_to_num(np.asarray(lengths, dtype=float), nan=0) > max_string
-        errs.add(too_long, f.name, "string_too_long",
-                 f"String should have at most {max_string} characters")
-        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object), nulls
+        return _strings(col, f, nulls, is_text, errs, max_string), nulls
     if pa.types.is_null(t):
         return np.full(len(nulls), np.nan), nulls
     if is_text and not strict_text:  # CSV cells read as text: pyarrow's null spellings
-        import pyarrow.compute as pc2
-
-        nulls = nulls | np.asarray(pc2.is_in(col, value_set=pa.array(sorted(_NULL_TEXT)))
+        nulls = nulls | np.asarray(pc.is_in(col, value_set=pa.array(sorted(_NULL_TEXT)))
                                    .fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
     if is_text:
         if strict_text:
@@ -365,6 +354,23 @@ def _convert(col: Any, f: Feature, errs: _Errors, strict_text: bool, max_string:
     if f.type == "number":
         _check_finite(values, nulls, f, errs)
     return values, nulls
+
+
+def _strings(col: Any, f: Feature, nulls: np.ndarray, is_text: bool, errs: _Errors,
+             max_string: int) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_null(col.type):
+        return np.full(len(nulls), None, dtype=object)
+    if not is_text:
+        errs.add(~nulls, f.name, "string_type")
+        return np.full(len(nulls), None, dtype=object)
+    lengths = pc.utf8_length(col).to_numpy(zero_copy_only=False)
+    too_long = np.nan_to_num(np.asarray(lengths, dtype=float), nan=0) > max_string
+    errs.add(too_long, f.name, "string_too_long",
+             f"String should have at most {max_string} characters")
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _to_float_or(col: Any, nulls: np.ndarray, dtype: Any) -> np.ndarray:

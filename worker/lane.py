@@ -34,6 +34,7 @@ from shared.keys import Keys
 from shared.redis_conn import sync_client
 from shared.settings import Settings
 from worker.chunks import ChunkRunner
+from worker.lifecycle import node_name
 from worker.strategy import request_factory
 
 log = logging.getLogger("predq.worker.batches")
@@ -56,8 +57,11 @@ def run_lane_task(name: str, args: list[Any]) -> dict[str, Any]:
             runner = ChunkRunner(client, settings, cache_of)
             _runner.update(r=runner, pid=os.getpid())
         if name == SPLIT_TASK:
-            return {"result": runner.split(str(args[0]))}
-        return {"result": runner.chunk(str(args[0]), int(args[1]))}
+            result = runner.split(str(args[0]))
+        else:
+            result = runner.chunk(str(args[0]), int(args[1]))
+        log.info("batch %s on %s: %s", args[0], node_name(), result)
+        return {"result": result}
     except Exception as e:
         log.error("%s %s failed: %r", name, args, e, exc_info=True)
         return {"retry": f"{type(e).__name__}: {e}"}

@@ -266,3 +266,91 @@ def test_bad_rows_go_to_the_error_file_in_known_places(api: Any, registry_with_m
     b = wait_batch(client, r.json()["id"])
     assert b["status"] == "failed", b
     assert b["error"]["type"] == "InvalidRows" and "row 17" in b["error"]["message"], b
+
+
+@pytest.fixture
+def slow_model(registry_with_models: Any, tmp_path: Path) -> Callable[[float], str]:
+    def push(delay: float) -> str:
+        from tests.helpers.faulty import train
+
+        path = tmp_path / "slow.joblib"
+        joblib.dump(train("slow", delay=delay), path)
+        registry_with_models.push(path, "slow")
+        return "slow"
+    return push
+
+
+def xy_csv(n: int) -> bytes:
+    df = pd.DataFrame({"rid": range(n), "x1": np.arange(n) % 7 * 1.0, "x2": 1.0})
+    return df.to_csv(index=False).encode()
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_one_batch_is_split_across_two_workers(api: Any, registry_with_models: Any,
+                                               processes: Any) -> None:
+    client = api(workers=2, concurrency=1, PREDQ_BATCH_CHUNK_ROWS="400")
+    df = iris_frame(6000)
+    fid = upload(client, df.to_csv(index=False).encode(), "text/csv").json()["id"]
+    r = client.post("/v1/models/iris/batches", json={"file_id": fid, "id_column": "customer_id",
+                                                     "output_format": "parquet"})
+    b = wait_batch(client, r.json()["id"])
+    assert b["status"] == "succeeded" and b["chunks"] == {"total": 15, "done": 15}, b
+    assert b["rows_per_second"] and b["rows_per_second"] > 0 and b["eta_seconds"] == 0
+    logs = [p.read_text() for name, p in processes.logs if name == "worker"]
+    ran = [log.count(": chunk ") for log in logs]
+    assert len(ran) == 2 and all(n > 0 for n in ran), ran
+    got = pd.read_parquet(io.BytesIO(
+        client.get(f"/v1/files/{b['output_file_id']}/content").content))
+    assert got["customer_id"].tolist() == df["customer_id"].tolist()
+    want = local_scores(registry_with_models, df)
+    assert got["label"].tolist() == want["label"].tolist()
+
+
+def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(
+        api: Any, slow_model: Any, start_worker: Any, tmp_path: Path) -> None:
+    slow_model(1.5)
+    extra = {"PREDQ_BATCH_CHUNK_ROWS": "100", "PREDQ_VISIBILITY_TIMEOUT_S": "3",
+             "PREDQ_PRELOAD_MODELS": "false"}
+    client = api(workers=0, **extra)
+    victim = start_worker(1, extra_env=extra)
+    fid = upload(client, xy_csv(300), "text/csv").json()["id"]
+    bid = client.post("/v1/models/slow/batches", json={"file_id": fid, "id_column": "rid"}
+                      ).json()["id"]
+    root = tmp_path / "files" / "batches" / bid
+    _wait_for(lambda: len(list((root / "chunks").glob("*.arrow"))) == 3)
+    assert not list((root / "parts").glob("*.arrow"))  # chunk 0 is being predicted
+    victim.kill()
+    start_worker(1, extra_env=extra)
+    b = wait_batch(client, bid)
+    assert b["status"] == "succeeded" and b["counts"]["done"] == 300, b
+    got = pd.read_csv(io.BytesIO(client.get(f"/v1/files/{b['output_file_id']}/content").content))
+    assert got["rid"].tolist() == list(range(300))  # every row once, in order
+
+
+def test_interactive_job_goes_before_queued_chunks(api: Any, slow_model: Any,
+                                                   tmp_path: Path, keys: Any) -> None:
+    slow_model(1.0)
+    client = api(concurrency=1, PREDQ_BATCH_CHUNK_ROWS="50")
+    fid = upload(client, xy_csv(200), "text/csv").json()["id"]
+    bid = client.post("/v1/models/slow/batches", json={"file_id": fid, "id_column": "rid"}
+                      ).json()["id"]
+    root = tmp_path / "files" / "batches" / bid
+    _wait_for(lambda: len(list((root / "chunks").glob("*.arrow"))) == 4)
+    r = client.post("/v1/models/slow/jobs", json={"inputs": [{"x1": 1.0, "x2": 0.0}]})
+    assert r.status_code == 202, r.text
+    job = client.get(f"/v1/jobs/{r.json()['id']}", params={"wait": 30}).json()
+    assert job["status"] == "succeeded", job
+    b = wait_batch(client, bid)
+    assert b["status"] == "succeeded", b
+    done_at = pd.Timestamp(job["finished_at"]).timestamp()
+    parts = sorted((root / "parts").glob("*.arrow"))
+    assert len(parts) == 4
+    # Chunks 2 and 3 were queued when the job came: the job was predicted before them.
+    later = [p.stat().st_mtime for p in parts[2:]]
+    assert all(done_at < t for t in later), (done_at, later)
