@@ -354,3 +354,45 @@ def test_interactive_job_goes_before_queued_chunks(api: Any, slow_model: Any,
     # Chunks 2 and 3 were queued when the job came: the job was predicted before them.
     later = [p.stat().st_mtime for p in parts[2:]]
     assert all(done_at < t for t in later), (done_at, later)
+
+
+def test_cancel_stops_further_chunks_and_keeps_finished_ones(api: Any, slow_model: Any,
+                                                             tmp_path: Path) -> None:
+    slow_model(0.7)
+    client = api(concurrency=1, PREDQ_BATCH_CHUNK_ROWS="50")
+    fid = upload(client, xy_csv(400), "text/csv").json()["id"]
+    bid = client.post("/v1/models/slow/batches", json={"file_id": fid, "id_column": "rid"}
+                      ).json()["id"]
+    _wait_for(lambda: client.get(f"/v1/batches/{bid}").json()["chunks"]["done"] >= 1)
+    r = client.delete(f"/v1/batches/{bid}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    assert r.json()["output_file_id"]
+    _problem(client.delete(f"/v1/batches/{bid}"), 409, "cancelled")
+    root = tmp_path / "files" / "batches" / bid / "parts"
+    # The chunk running at the cancel may finish; none starts after it. Let the lane drain.
+    time.sleep(2.5)
+    b = client.get(f"/v1/batches/{bid}").json()
+    assert b["status"] == "cancelled"
+    assert 1 <= b["chunks"]["done"] < 8
+    assert len(list(root.glob("*.arrow"))) <= b["chunks"]["done"] + 1
+    got = pd.read_csv(io.BytesIO(client.get(f"/v1/files/{b['output_file_id']}/content").content))
+    assert got["rid"].tolist() == list(range(50 * b["chunks"]["done"]))  # partial, in order
+    listed = client.get("/v1/batches").json()["data"]
+    assert [x["id"] for x in listed] == [bid]
+
+
+def test_files_and_batches_expire_and_their_disk_is_freed(api: Any, tmp_path: Path) -> None:
+    client = api(PREDQ_FILE_TTL_S="4")
+    df = iris_frame(100)
+    fid = upload(client, df.to_csv(index=False).encode(), "text/csv").json()["id"]
+    b = wait_batch(client, client.post("/v1/models/iris/batches", json={
+        "file_id": fid, "id_column": "customer_id"}).json()["id"])
+    assert b["status"] == "succeeded"
+    root = tmp_path / "files"
+    assert (root / "uploads" / fid).exists() and (root / "batches" / b["id"]).exists()
+    _wait_for(lambda: client.get(f"/v1/files/{fid}").status_code == 404, timeout=30)
+    _wait_for(lambda: client.get(f"/v1/batches/{b['id']}").status_code == 404, timeout=30)
+    _problem(client.get(f"/v1/batches/{b['id']}"), 404, "expired")
+    _problem(client.get(f"/v1/files/{b['output_file_id']}/content"), 404)
+    _wait_for(lambda: not (root / "uploads" / fid).exists()
+              and not (root / "batches" / b["id"]).exists(), timeout=30)
