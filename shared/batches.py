@@ -81,7 +81,7 @@ return st
 # ARGV: chunk number, ok rows, failed rows, now, failure ('' none: JSON error), channel,
 #       batch id, webhook queue ('' none), completed message, failed message.
 # Counts the chunk once; ends the batch when it was the last chunk or when it failed it.
-# Returns the batch's status afterwards.
+# Returns the batch's status afterwards, as 'now:<status>' when this call ended it.
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return '' end
@@ -107,7 +107,7 @@ if final == '' then return 'running' end
 redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[4])
 if ARGV[8] ~= '' and msg ~= '' then redis.call('LPUSH', ARGV[8], msg) end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
-return final
+return 'now:' .. final
 """
 
 # KEYS: batch hash.  ARGV: now, channel, batch id.
@@ -358,4 +358,8 @@ class AsyncBatches:
         if status.startswith("ended:"):
             raise JobConflict(f"batch {batch_id} already ended with status "
                               f"{status.removeprefix('ended:')!r}")
+        if status == CANCELLED:
+            from shared.metrics import BATCHES_FINISHED
+
+            await BATCHES_FINISHED.inc(self.client, self.keys, status=CANCELLED)
         return await self.read(batch_id, owner)

@@ -17,6 +17,7 @@ and the model cache; ``worker.lane`` wires it to Celery.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,12 @@ from shared.files import FILE_FIELDS as _FILE_FIELDS
 from shared.files import FileStore, decode_record, write_atomic
 from shared.keys import Keys
 from shared.messages import webhook_message
+from shared.metrics import (
+    BATCH_FILE_CHUNK_SECONDS,
+    BATCH_FILE_CHUNKS,
+    BATCH_FILE_ROWS,
+    BATCHES_FINISHED,
+)
 from shared.registry import Feature, Manifest
 from shared.schema import FLOAT32_MAX
 from shared.settings import Settings
@@ -65,8 +72,14 @@ class ChunkRunner:
     def _fail(self, b: dict[str, Any], kind: str, message: str) -> str:
         hooks = self._hooks(b)
         hooks.pop("completed", None)
-        return str(self.scripts.fail(b["id"], orjson.dumps({"type": kind, "message": message}),
-                                     **hooks))
+        status = _text(self.scripts.fail(b["id"], orjson.dumps({"type": kind,
+                                                                 "message": message}), **hooks))
+        if status.startswith("now:"):
+            try:
+                BATCHES_FINISHED.inc(self.client, self.keys, status=bstore.FAILED)
+            except Exception as e:
+                log.debug("could not record batch metrics: %r", e)
+        return f"{kind}: {message}; batch {status}"
 
     # -- split ----------------------------------------------------------------------------
     def split(self, batch_id: str) -> str:
@@ -161,6 +174,7 @@ class ChunkRunner:
         """Validate, predict and write chunk ``k``; what happened."""
         import pyarrow as pa
 
+        t0 = time.perf_counter()
         b = read_sync(self.client, self.keys, batch_id)
         if b is None:
             return "skipped: the batch no longer exists"
@@ -211,9 +225,25 @@ class ChunkRunner:
                 for r, e in sorted(errors.items())[:_QUOTED_ERRORS])
             failure = orjson.dumps({"type": "InvalidRows", "message": (
                 f"chunk {k} holds {len(errors)} bad rows (on_error: fail): {quoted}")})
-        status = self.scripts.finish_chunk(batch_id, k, len(good), len(errors),
-                                           failure=failure, **self._hooks(b))
-        return f"chunk {k}: {len(good)} rows, {len(errors)} errors; batch {_text(status)}"
+        status = _text(self.scripts.finish_chunk(batch_id, k, len(good), len(errors),
+                                                 failure=failure, **self._hooks(b)))
+        self._record(b["model"], len(good), len(errors), time.perf_counter() - t0, status)
+        return f"chunk {k}: {len(good)} rows, {len(errors)} errors; batch {status}"
+
+    def _record(self, model: str, done: int, failed: int, seconds: float, status: str
+                ) -> None:
+        """The chunk's Prometheus counters (shared.metrics); never raises."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                BATCH_FILE_ROWS.inc(pipe, self.keys, done, model=model, outcome="done")
+                BATCH_FILE_ROWS.inc(pipe, self.keys, failed, model=model, outcome="failed")
+                BATCH_FILE_CHUNKS.inc(pipe, self.keys, model=model)
+                BATCH_FILE_CHUNK_SECONDS.observe(pipe, self.keys, [seconds])
+                if status.startswith("now:"):  # this chunk ended the batch
+                    BATCHES_FINISHED.inc(pipe, self.keys, status=status.removeprefix("now:"))
+                pipe.execute()
+        except Exception as e:
+            log.debug("could not record batch metrics: %r", e)
 
 
 def _text(v: Any) -> str:

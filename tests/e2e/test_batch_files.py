@@ -124,6 +124,11 @@ def test_csv_batch_in_order_matches_local_predict(api: Any, registry_with_models
                                want[want.columns[1]].to_numpy())
     errors = client.get(f"/v1/files/{b['error_file_id']}/content")
     assert errors.status_code == 200 and errors.content == b""
+    metrics = client.get("/metrics", params={"scope": "cluster"}).text
+    assert 'predq_batch_file_rows_total{model="iris",outcome="done"} 2500' in metrics
+    assert 'predq_batch_file_chunks_total{model="iris"} 4' in metrics
+    assert 'predq_batch_files_finished_total{status="succeeded"} 1' in metrics
+    assert "predq_batch_file_chunk_duration_seconds_count 4" in metrics
 
 
 def _problem(r: httpx.Response, status: int, *words: str) -> dict[str, Any]:
