@@ -41,8 +41,10 @@ ACCEPTED_TYPES: dict[str, Format] = {
     "application/x-parquet": "parquet",
 }
 PARQUET_MAGIC = b"PAR1"
-#: Bytes pyarrow's CSV and JSON readers parse per block (bounds their memory).
+#: Bytes pyarrow's CSV and JSON readers parse per block (bounds their memory). The API's
+#: structural pass of an upload uses small blocks: its RSS must stay flat whatever the size.
 BLOCK_BYTES = 16 << 20
+INSPECT_BLOCK_BYTES = 1 << 20
 #: The model's feature types as Arrow types.
 ARROW_TYPES = {"number": "float64", "integer": "int64", "boolean": "bool_", "string": "string"}
 _TRUE = ["true", "True", "TRUE"]
@@ -163,7 +165,8 @@ def _inspect_csv(path: Path) -> FileInfo:
     try:
         # Only the first column is converted: the parser still counts every row's fields.
         reader = pcsv.open_csv(
-            path, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
+            path, read_options=pcsv.ReadOptions(block_size=INSPECT_BLOCK_BYTES,
+                                                use_threads=False),
             parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pcsv.ConvertOptions(include_columns=[columns[0]],
                                                 column_types={columns[0]: _pa().string()}))
@@ -185,7 +188,8 @@ def _inspect_csv(path: Path) -> FileInfo:
 def _inspect_jsonl(path: Path) -> FileInfo:
     import pyarrow.json as pjson
 
-    reader = pjson.open_json(path, read_options=pjson.ReadOptions(block_size=BLOCK_BYTES))
+    reader = pjson.open_json(path, read_options=pjson.ReadOptions(
+        block_size=INSPECT_BLOCK_BYTES, use_threads=False))
     columns = list(reader.schema.names)
     n = 0
     for batch in reader:
