@@ -47,6 +47,8 @@ BLOCK_BYTES = 16 << 20
 INSPECT_BLOCK_BYTES = 1 << 20
 #: The model's feature types as Arrow types.
 ARROW_TYPES = {"number": "float64", "integer": "int64", "boolean": "bool_", "string": "string"}
+#: The one column of a JSON Lines chunk: its raw lines.
+LINE_COLUMN = "__predq_line__"
 _TRUE = ["true", "True", "TRUE"]
 _FALSE = ["false", "False", "FALSE"]
 
@@ -185,19 +187,42 @@ def _inspect_csv(path: Path) -> FileInfo:
     return FileInfo(columns, n, None)
 
 
-def _inspect_jsonl(path: Path) -> FileInfo:
-    import pyarrow.json as pjson
+#: JSON Lines: the columns are the keys of the first lines (a key first seen later is an
+#: extra field of that row: an error in the error file, as in a JSON job).
+JSONL_SAMPLE_LINES = 1000
 
-    reader = pjson.open_json(path, read_options=pjson.ReadOptions(
-        block_size=INSPECT_BLOCK_BYTES, use_threads=False))
-    columns = list(reader.schema.names)
+
+def _inspect_jsonl(path: Path) -> FileInfo:
+    import orjson
+
+    columns: dict[str, None] = {}
     n = 0
-    for batch in reader:
-        n += batch.num_rows
+    for line in iter_lines(path):
+        if n < JSONL_SAMPLE_LINES:
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                raise BadFile(f"line {n + 1} is not valid JSON: {e}") from e
+            if not isinstance(obj, dict):
+                raise BadFile(f"line {n + 1} is not a JSON object")
+            columns.update(dict.fromkeys(obj))
+        n += 1
     if n == 0:
         raise BadFile("the file holds no rows")
-    _check_names(columns)
-    return FileInfo(columns, n, {f.name: str(f.type) for f in reader.schema})
+    return FileInfo(list(columns), n, None)
+
+
+def iter_lines(path: Path, skip: int = 0) -> Iterator[bytes]:
+    """The non-blank lines of a JSON Lines file, streamed, after the first ``skip``."""
+    seen = 0
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            if seen >= skip:
+                yield line
+            seen += 1
 
 
 def arrow_type(kind: str) -> Any:
@@ -244,18 +269,16 @@ def read_batches(path: Path, fmt: Format, types: dict[str, str], *, as_text: boo
             yield batch
         return
     if fmt == "jsonl":
-        import pyarrow.json as pjson
-
-        reader = pjson.open_json(path, read_options=pjson.ReadOptions(block_size=BLOCK_BYTES))
-        seen = 0
-        for batch in reader:
-            if seen + batch.num_rows <= skip_rows:
-                seen += batch.num_rows
-                continue
-            if seen < skip_rows:
-                batch = batch.slice(skip_rows - seen)
-            seen += batch.num_rows
-            yield batch
+        # The lines themselves, unparsed: each chunk parses its own (worker.chunks), so one
+        # line of another shape never stops the file, and its row gets the JSON path's error.
+        lines: list[bytes] = []
+        for line in iter_lines(path, skip_rows):
+            lines.append(line)
+            if len(lines) >= batch_rows:
+                yield pa.record_batch([pa.array(lines, pa.binary())], names=[LINE_COLUMN])
+                lines = []
+        if lines:
+            yield pa.record_batch([pa.array(lines, pa.binary())], names=[LINE_COLUMN])
         return
     import pyarrow.csv as pcsv
 

@@ -38,7 +38,7 @@ from shared.metrics import (
 from shared.registry import Feature, Manifest
 from shared.schema import FLOAT32_MAX
 from shared.settings import Settings
-from shared.tabular import read_batches
+from shared.tabular import LINE_COLUMN, read_batches
 
 log = logging.getLogger("predq.worker.batches")
 
@@ -188,11 +188,16 @@ class ChunkRunner:
         with pa.memory_map(str(self.store.chunk(batch_id, k))) as src:
             table = pa.ipc.open_file(src).read_all()
         row0 = k * b["chunk_rows"]
-        ok, errors, columns = validate(table, manifest, row0=row0,
-                                       max_string=self.settings.max_string_length,
-                                       id_column=b.get("id_column"),
-                                       strict_text=b["input_format"] != "csv")
-        ids = _ids(table, b.get("id_column"), row0)
+        if LINE_COLUMN in table.column_names:
+            ok, errors, columns, ids = validate_lines(
+                table.column(LINE_COLUMN).to_pylist(), manifest, row0=row0,
+                max_string=self.settings.max_string_length, id_column=b.get("id_column"))
+        else:
+            ok, errors, columns = validate(table, manifest, row0=row0,
+                                           max_string=self.settings.max_string_length,
+                                           id_column=b.get("id_column"),
+                                           strict_text=b["input_format"] != "csv")
+            ids = _ids(table, b.get("id_column"), row0)
         idx = np.flatnonzero(ok)
         outputs, failed_predict = predict_rows(manifest, estimator,
                                                {n: c[idx] for n, c in columns.items()})
@@ -305,8 +310,12 @@ class _Errors:
         return out
 
 
+_NULL_TYPE = {"number": "float_type", "integer": "int_type", "boolean": "bool_type",
+              "string": "string_type"}
+
+
 def validate(table: Any, manifest: Manifest, *, row0: int, max_string: int,
-             id_column: str | None, strict_text: bool
+             id_column: str | None, strict_text: bool, json_nulls: bool = False
              ) -> tuple[np.ndarray, dict[int, list[dict[str, Any]]], dict[str, np.ndarray]]:
     """Check a chunk column by column; returns (ok mask, errors by chunk row, feature columns
     as the model takes them). ``strict_text``: a string where a number, integer or boolean
@@ -326,12 +335,83 @@ def validate(table: Any, manifest: Manifest, *, row0: int, max_string: int,
                 errs.add(np.ones(n, dtype=bool), f.name, "missing")
             continue
         values, nulls = _convert(table.column(f.name), f, errs, strict_text, max_string)
-        if not may_miss:
-            errs.add(nulls, f.name, "missing")
+        if not may_miss:  # a JSON null is a value of the wrong type, as in a JSON job
+            errs.add(nulls, f.name, _NULL_TYPE[f.type] if json_nulls else "missing")
         if f.categories is not None and not f.allow_unknown:
             _check_categories(values, nulls, f, errs)
         columns[f.name] = values
     return ~errs.bad, errs.by_row(row0), columns
+
+
+def validate_lines(lines: list[bytes], manifest: Manifest, *, row0: int, max_string: int,
+                   id_column: str | None
+                   ) -> tuple[np.ndarray, dict[int, list[dict[str, Any]]],
+                              dict[str, np.ndarray], Any]:
+    """A JSON Lines chunk: the columnar checks when pyarrow reads it as one table, else each
+    line through the JSON path's own row type (shared.schema), so a line of another shape
+    gets exactly the error a JSON job would. Returns validate()'s values and the ids."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.json as pjson
+
+    try:
+        table = pjson.read_json(io.BytesIO(b"\n".join(lines)))
+        if table.num_rows == len(lines):
+            ok, errors, columns = validate(table, manifest, row0=row0, max_string=max_string,
+                                           id_column=id_column, strict_text=True,
+                                           json_nulls=True)
+            return ok, errors, columns, _ids(table, id_column, row0)
+    except pa.ArrowInvalid:
+        pass
+    return _validate_each_line(lines, manifest, row0, max_string, id_column)
+
+
+def _validate_each_line(lines: list[bytes], manifest: Manifest, row0: int, max_string: int,
+                        id_column: str | None) -> Any:
+    import pyarrow as pa
+    from pydantic import TypeAdapter, ValidationError
+
+    from shared.schema import build_row_type
+
+    adapter = TypeAdapter(build_row_type(manifest, max_string))
+    n = len(lines)
+    ok = np.ones(n, dtype=bool)
+    errors: dict[int, list[dict[str, Any]]] = {}
+    values: dict[str, list[Any]] = {f.name: [None] * n for f in manifest.features}
+    ids: list[Any] = [row0 + i for i in range(n)] if not id_column else [None] * n
+    for i, line in enumerate(lines):
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            ok[i] = False
+            errors[i] = [{"loc": ["row", row0 + i], "msg": f"Invalid JSON: {e}",
+                          "type": "json_invalid"}]
+            continue
+        if isinstance(obj, dict) and id_column:
+            ids[i] = obj.pop(id_column, None)
+        try:
+            row = adapter.validate_python(obj)
+        except ValidationError as e:
+            ok[i] = False
+            errors[i] = [{"loc": ["row", row0 + i, *err["loc"]], "msg": err["msg"],
+                          "type": err["type"]}
+                         for err in e.errors(include_url=False, include_input=False)]
+            continue
+        for name, col in values.items():
+            col[i] = row.get(name)
+    columns: dict[str, np.ndarray] = {}
+    for f in manifest.features:
+        col = values[f.name]
+        if f.type == "string":
+            columns[f.name] = np.array(col, dtype=object)
+        else:
+            columns[f.name] = np.array([np.nan if v is None else float(v) for v in col])
+    try:
+        id_arr = pa.array(ids)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # ids of mixed types: as text
+        id_arr = pa.array([None if v is None else str(v) for v in ids])
+    return ok, errors, columns, id_arr
 
 
 def _nulls(col: Any) -> np.ndarray:

@@ -401,3 +401,75 @@ def test_files_and_batches_expire_and_their_disk_is_freed(api: Any, tmp_path: Pa
     _problem(client.get(f"/v1/files/{b['output_file_id']}/content"), 404)
     _wait_for(lambda: not (root / "uploads" / fid).exists()
               and not (root / "batches" / b["id"]).exists(), timeout=30)
+
+
+def test_jsonl_and_parquet_inputs_idempotency_and_a_deleted_version(
+        api: Any, registry_with_models: Any, slow_model: Any, start_worker: Any) -> None:
+    client = api(workers=0, PREDQ_BATCH_CHUNK_ROWS="64")
+    df = iris_frame(200)
+    import orjson
+
+    # JSON Lines: a key no feature has is an unknown column, named at creation.
+    rows = df.to_dict(orient="records")
+    rows[150]["colour"] = "red"
+    extra = upload(client, b"".join(orjson.dumps(r) + b"\n" for r in rows),
+                   "application/x-ndjson").json()["id"]
+    _problem(client.post("/v1/models/iris/batches", json={"file_id": extra,
+                                                          "id_column": "customer_id"}),
+             422, "unknown columns: colour")
+    # Row 3 has a string for a number and row 150 a null (both refused, as in a JSON job).
+    rows = df.to_dict(orient="records")
+    rows[3]["sepal_width"] = "3.1"
+    rows[150]["sepal_length"] = None
+    body = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+    jf = upload(client, body, "application/x-ndjson")
+    assert jf.status_code == 201, jf.text
+    # A batch queued while no worker runs; its version is then deleted from the registry.
+    slow_model(0.0)
+    xy = upload(client, xy_csv(10), "text/csv").json()["id"]
+    doomed = client.post("/v1/models/slow/batches", json={"file_id": xy, "id_column": "rid"})
+    assert doomed.status_code == 202
+    import shutil
+
+    shutil.rmtree(registry_with_models.root / "slow" / "1")
+    start_worker(2)
+    headers = {"Idempotency-Key": "nightly-2026-12-01"}
+    r1 = client.post("/v1/models/iris/batches", headers=headers,
+                     json={"file_id": jf.json()["id"], "id_column": "customer_id"})
+    r2 = client.post("/v1/models/iris/batches", headers=headers,
+                     json={"file_id": jf.json()["id"], "id_column": "customer_id"})
+    assert r1.status_code == r2.status_code == 202
+    assert r1.json()["id"] == r2.json()["id"] and r2.headers["idempotent-replayed"] == "true"
+    _problem(client.post("/v1/models/iris/batches", headers=headers,
+                         json={"file_id": jf.json()["id"], "id_column": "customer_id",
+                               "on_error": "fail"}), 409, "idempotency")
+    b = wait_batch(client, r1.json()["id"])
+    assert b["status"] == "succeeded" and b["counts"]["failed"] == 2, b
+    errs = [orjson.loads(x) for x in
+            client.get(f"/v1/files/{b['error_file_id']}/content").content.splitlines()]
+    assert [(e["row"], e["errors"][0]["type"], e["errors"][0]["loc"]) for e in errs] == [
+        (3, "float_type", ["row", 3, "sepal_width"]),
+        (150, "float_type", ["row", 150, "sepal_length"])]
+    out = client.get(f"/v1/files/{b['output_file_id']}/content")
+    assert out.headers["content-type"].startswith("application/x-ndjson")
+    ids = [orjson.loads(x)["customer_id"] for x in out.content.splitlines()]
+    assert ids == [f"c{i:06d}" for i in range(200) if i not in (3, 150)]
+    # Parquet with a missing value (iris requires all four): that row fails, others score.
+    pdf = df.copy()
+    pdf.loc[77, "petal_length"] = None
+    buf = io.BytesIO()
+    pdf.to_parquet(buf, row_group_size=50)
+    pf = upload(client, buf.getvalue(), "application/vnd.apache.parquet").json()
+    b = wait_batch(client, client.post("/v1/models/iris/batches", json={
+        "file_id": pf["id"], "id_column": "customer_id", "output_format": "csv"}).json()["id"])
+    assert b["status"] == "succeeded" and b["counts"] == {"total": 200, "done": 199,
+                                                          "failed": 1}, b
+    got = pd.read_csv(io.BytesIO(client.get(f"/v1/files/{b['output_file_id']}/content").content))
+    keep = df.drop(index=[77]).reset_index(drop=True)
+    assert got["customer_id"].tolist() == keep["customer_id"].tolist()
+    want = local_scores(registry_with_models, keep)
+    np.testing.assert_allclose(got[want.columns[1]].to_numpy(), want[want.columns[1]].to_numpy())
+    # The batch whose version was deleted failed, saying so.
+    gone = wait_batch(client, doomed.json()["id"])
+    assert gone["status"] == "failed" and gone["error"]["type"] == "ModelGone", gone
+    assert "no longer exists" in gone["error"]["message"]
