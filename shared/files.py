@@ -271,11 +271,14 @@ def decode_record(raw: list[bytes | None]) -> dict[str, Any] | None:
 
 def file_view(rec: dict[str, Any]) -> dict[str, Any]:
     """A file as GET /v1/files/{id} shows it."""
-    return {"id": rec["id"], "object": "file", "bytes": rec["bytes"], "format": rec["format"],
-            "sha256": rec["sha256"], "created_at": iso(rec["created_at"]),
+    upload = rec["kind"] == "upload"  # a batch's output is rendered when downloaded
+    return {"id": rec["id"], "object": "file", "bytes": rec["bytes"] if upload else None,
+            "format": rec["format"], "sha256": rec["sha256"] if upload else None,
+            "created_at": iso(rec["created_at"]),
             "expires_at": iso(rec["expires_at"]), "purpose": rec["kind"],
-            "filename": rec.get("filename") or None, "n_rows": rec["n_rows"],
-            "columns": rec["columns"], "batch_id": rec.get("batch_id") or None,
+            "filename": rec.get("filename") or None,
+            "n_rows": rec["n_rows"] if upload else None,
+            "columns": rec["columns"] if upload else None, "batch_id": rec.get("batch_id") or None,
             "links": {"self": f"/v1/files/{rec['id']}",
                       "content": f"/v1/files/{rec['id']}/content"}}
 

@@ -83,9 +83,12 @@ class Lane:
 
     def strategy(self, task: Any, app: Celery, consumer: Any) -> Any:
         make_request = request_factory(task, app, consumer)
+        # Called again when the consumer restarts (a lost broker connection): it consumes
+        # every queue afresh, so nothing is paused any more.
+        self.consumer = consumer
+        self.paused = False
         if not self._started:
             self._started = True
-            self.consumer = consumer
             limit = int(getattr(consumer.pool, "limit", 1) or 1)
             self.slots = self.settings.batch_processes or max(1, limit - 1)
             consume = app.amqp.queues.consume_from or app.amqp.queues

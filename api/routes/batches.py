@@ -9,17 +9,19 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Header, Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.responses import Response
 
+from api.bodycheck import check_json_depth
 from api.deps import AppState, JobsRead, JobsWrite, StateDep, owner_filter
 from api.render import json_response
 from api.schemas import Problem
 from shared.batches import TERMINAL, batch_json, batch_view, n_chunks
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, MalformedJson, PayloadTooLarge, UnsupportedMediaType
 from shared.files import new_file_id
 from shared.registry import Manifest
+from shared.schema import problem_errors
 from shared.tabular import Format, type_mismatch
 
 router = APIRouter(tags=["batches"])
@@ -71,8 +73,7 @@ def _check_columns(manifest: Manifest, rec: dict[str, Any], id_column: str | Non
         elif id_column in features:
             errors.append({"loc": ["body", "id_column"], "type": "id_is_feature",
                            "msg": f"{id_column!r} is a feature of the model, not an id"})
-    missing = [n for n, f in features.items() if f.required and n not in columns
-               and not manifest.accepts_missing]
+    missing = [n for n, f in features.items() if f.required and n not in columns]
     unknown = [c for c in columns if c not in features and c != id_column]
     for name in missing:
         errors.append({"loc": ["file", "columns", name], "type": "missing_column",
@@ -98,10 +99,61 @@ def _check_columns(manifest: Manifest, rec: dict[str, Any], id_column: str | Non
                            f"v{manifest.version}: {detail}", errors=errors)
 
 
-@router.post("/v1/models/{name}/batches", status_code=202, responses=_ERRORS)
-async def create_batch(name: str, body: BatchRequest, state: StateDep, principal: JobsWrite,
+#: A batch request is small; a bigger body is refused before it is held (413).
+MAX_REQUEST_BYTES = 256 * 1024
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema with its ``$defs`` inlined (for the OpenAPI request body)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
+_BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": _inline(BatchRequest.model_json_schema())}}}}
+
+
+async def _read_request(request: Request, settings: Any) -> BatchRequest:
+    """The body, read with a cap (FastAPI's own body parsing would hold any size), its
+    depth checked before parsing, then validated: 400, 413, 415 or 422 problems."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"send Content-Type: application/json, not {ctype!r}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise PayloadTooLarge(f"a batch request is at most {MAX_REQUEST_BYTES} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    await check_json_depth(body, settings)
+    try:
+        return BatchRequest.model_validate_json(body)
+    except ValidationError as e:
+        errors = problem_errors(e)
+        if any(err["type"] == "json_invalid" for err in errors) or not body.strip():
+            raise MalformedJson("the body is not valid JSON") from e
+        raise InvalidInput(f"{e.error_count()} validation error(s)", errors=errors) from e
+
+
+@router.post("/v1/models/{name}/batches", status_code=202, responses=_ERRORS,
+             openapi_extra=_BODY_DOC)
+async def create_batch(name: str, request: Request, state: StateDep, principal: JobsWrite,
                        idempotency_key: IdemHeader = None) -> Response:
     """Score an uploaded file; answers 202 with the batch's location at once."""
+    body = await _read_request(request, state.settings)
     manifest = state.resolve(name, body.version)
     rec = await state.files.read(body.file_id, principal.name)
     if rec["kind"] != "upload":

@@ -210,6 +210,14 @@ def test_bad_uploads_and_bad_batches_get_clear_problems(api: Any, tmp_path: Path
                                                           "id_column": "customer_id"}),
              422, "sepal_width", "string")
     _problem(client.post("/v1/models/nosuch/batches", json={"file_id": good["id"]}), 404)
+    _problem(client.post("/v1/models/iris/batches", content=b"{nope",
+                         headers={"Content-Type": "application/json"}), 400, "json")
+    _problem(client.post("/v1/models/iris/batches", content=b"x" * 300_000,
+                         headers={"Content-Type": "application/json"}), 413)
+    _problem(client.post("/v1/models/iris/batches", content=b"{}",
+                         headers={"Content-Type": "text/plain"}), 415)
+    _problem(client.post("/v1/models/iris/batches", json={"file_id": good["id"],
+                                                          "colour": 1}), 422, "extra")
     _problem(client.post("/v1/models/iris/batches", json={"file_id": good["id"],
                                                           "on_error": "explode"}), 422)
     # Another owner's batch is a 404, like an unknown one.
