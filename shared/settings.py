@@ -143,8 +143,8 @@ class Settings(BaseSettings):
         50_000, description="Rows per chunk of a batch (one Celery task each)."
     )
     batch_processes: int = Field(
-        0, ge=0, description="Pool processes of a worker that run batch chunks at once "
-        "(0: all but one, at least one), so interactive jobs always find a free process."
+        0, ge=0, description="Batch chunks a worker runs at once, each in a lane process "
+        "of lower CPU priority beside the predict pool (0: as many as the pool has)."
     )
 
     # -- webhooks ----------------------------------------------------------------------

@@ -2,16 +2,19 @@
 
 Each predict queue ``Q`` has a lane ``Q.batch`` carrying ``predq.batch_split`` and
 ``predq.batch_chunk`` messages (``worker.chunks``); a worker that consumes ``Q`` consumes
-``Q.batch`` too. Interactive work goes first because the lane is held to a budget:
+``Q.batch`` too. Interactive work goes first, for three reasons:
 
-- at most ``PREDQ_BATCH_PROCESSES`` pool processes (default: all but one) run lane tasks at
-  once, so a predict batch always finds a process (or waits for at most one predict batch);
+- lane tasks run in the lane's own processes (spawned once, at a lower CPU priority,
+  ``LANE_NICE``), never in the prefork pool that runs predict batches: a /predict never
+  waits for a chunk to finish, and when CPUs are scarce the kernel serves it first;
+- at most ``PREDQ_BATCH_PROCESSES`` lane tasks run at once per worker (default: as many as
+  its pool has processes);
 - the worker holds no more lane messages than that budget: when it is full it stops
   consuming its lane queues (kombu ``cancel_by_queue``) and resumes when a task ends. So a
   million-row batch's chunks wait in Redis, where any worker with room takes the next one
   (two workers split one file), and never fill a worker's prefetch slots ahead of /predict.
 
-Messages are acknowledged when their task returned (acks late): a pool process that dies
+Messages are acknowledged when their task returned (acks late): a lane process that dies
 mid-chunk has its message requeued, and a worker killed outright has it restored by the
 broker after the visibility timeout; the chunk runs again (see worker.chunks for why that
 is safe). The lane's main-process timer also sweeps expired files (shared.files.sweep).
@@ -20,9 +23,12 @@ is safe). The lane's main-process timer also sweeps expired files (shared.files.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -31,8 +37,11 @@ from kombu import Queue
 from shared.batches import CHUNK_TASK, SPLIT_TASK
 from shared.files import FileStore, sweep
 from shared.keys import Keys
+from shared.logging import configure_logging
 from shared.redis_conn import sync_client
+from shared.registry import Registry
 from shared.settings import Settings
+from worker.cache import ModelCache
 from worker.chunks import ChunkRunner
 from worker.lifecycle import node_name
 from worker.strategy import request_factory
@@ -41,13 +50,40 @@ log = logging.getLogger("predq.worker.batches")
 
 #: Pause before a lane task that failed outside its work (Redis down) is requeued.
 RETRY_PAUSE_S = 2.0
+#: Niceness of the lane's processes: when CPUs are scarce, the kernel runs the predict pool
+#: (nice 0) first, so /predict latency barely moves while a batch runs.
+LANE_NICE = 10
 
 _runner: dict[str, Any] = {}
 
 
+def lane_process_init(settings: Settings, served: list[str]) -> None:
+    """The start of a lane process: a lower CPU priority (``LANE_NICE``) and its own model
+    cache (worker.cache), holding the default version of each model whose queue is in
+    ``served`` when ``PREDQ_PRELOAD_MODELS`` is on (errors are logged: a model that cannot
+    load fails its own batches later, clearly)."""
+    try:
+        os.nice(LANE_NICE)
+    except OSError:  # not permitted here: the separate processes still keep /predict free
+        pass
+    configure_logging(settings, "worker")
+    cache = ModelCache(Registry(settings.registry_root), settings.model_cache_size)
+    _runner.update(settings=settings, cache_of=lambda: cache)
+    if settings.preload_models:
+        try:
+            for info in cache.registry.list_models()[: settings.model_cache_size]:
+                if settings.queue_for(info.name) in served:
+                    cache.get(info.name, info.default_version)
+        except Exception as e:
+            log.warning("lane process could not preload models: %s", e)
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
 def run_lane_task(name: str, args: list[Any]) -> dict[str, Any]:
-    """Runs in a pool process (which inherited the settings and the model cache getter by
-    fork: a closure cannot be pickled). Never raises: an error is returned for a requeue."""
+    """Runs in a lane process. Never raises: an error is returned for a requeue."""
     try:
         settings, cache_of = _runner["settings"], _runner["cache_of"]
         runner = _runner.get("r")
@@ -60,7 +96,6 @@ def run_lane_task(name: str, args: list[Any]) -> dict[str, Any]:
             result = runner.split(str(args[0]))
         else:
             result = runner.chunk(str(args[0]), int(args[1]))
-        log.info("batch %s on %s: %s", args[0], node_name(), result)
         return {"result": result}
     except Exception as e:
         log.error("%s %s failed: %r", name, args, e, exc_info=True)
@@ -80,6 +115,7 @@ class Lane:
         self.consumer: Any = None
         self.queues: list[str] = []
         self._started = False
+        self._executor: ProcessPoolExecutor | None = None
 
     def strategy(self, task: Any, app: Celery, consumer: Any) -> Any:
         make_request = request_factory(task, app, consumer)
@@ -90,11 +126,13 @@ class Lane:
         if not self._started:
             self._started = True
             limit = int(getattr(consumer.pool, "limit", 1) or 1)
-            self.slots = self.settings.batch_processes or max(1, limit - 1)
+            self.slots = self.settings.batch_processes or limit
             consume = app.amqp.queues.consume_from or app.amqp.queues
             self.queues = [q for q in consume if q.endswith(".batch")]
             interval = max(1.0, min(60.0, self.settings.file_ttl_s / 4))
             consumer.timer.call_repeatedly(interval, self.sweep)
+            if self.queues:
+                self.warm()
 
         def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
                     **kw: Any) -> None:
@@ -143,6 +181,8 @@ class Lane:
                     self.consumer.timer.call_after(RETRY_PAUSE_S, req.reject, (),
                                                    {"requeue": True})
                 else:
+                    log.info("batch %s on %s: %s", req.args[0], node_name(),
+                             result.get("result"))
                     req.send_event("task-succeeded", result=str(result.get("result")),
                                    runtime=time.monotonic() - started[0])
                     req.acknowledge()
@@ -158,10 +198,54 @@ class Lane:
             finally:
                 self._slot_free()
 
-        self.consumer.pool.apply_async(
-            run_lane_task, (req.name, list(req.args)),
-            accept_callback=on_accepted, callback=on_return, error_callback=on_error,
-            timeout=None, soft_timeout=None)
+        try:
+            future = self.executor().submit(run_lane_task, req.name, list(req.args))
+        except Exception as e:  # shutting down, or the pool broke: the message goes back
+            self._executor = None
+            on_error(e)
+            return
+        on_accepted(0, time.time())
+        consumer = self.consumer
+
+        def done(f: Future[dict[str, Any]]) -> None:
+            if f.cancelled():
+                consumer.call_soon(on_error, RuntimeError("cancelled at shutdown"))
+                return
+            exc = f.exception()
+            if exc is not None:
+                if isinstance(exc, BrokenProcessPool):
+                    self._executor = None  # a lane process died: a fresh pool next time
+                consumer.call_soon(on_error, exc)
+            else:
+                consumer.call_soon(on_return, f.result())
+
+        future.add_done_callback(done)
+
+    def executor(self) -> ProcessPoolExecutor:
+        """The lane's own processes (spawned, niced): chunks never take the predict pool's
+        processes, so interactive work never waits for a chunk to finish."""
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"),
+                initializer=lane_process_init,
+                initargs=(self.settings, [q.removesuffix(".batch") for q in self.queues]))
+        return self._executor
+
+    def warm(self) -> None:
+        """Start the lane processes now (imports, models), not at the first chunk."""
+        try:
+            pool = self.executor()
+            for _ in range(self.slots):
+                pool.submit(_ready)
+        except Exception:
+            log.warning("could not start the lane processes", exc_info=True)
+
+    def stop(self) -> None:
+        """Shutdown: chunks not started go back to the broker; running ones are left to
+        finish or to die with the worker (their messages are then redelivered)."""
+        self.return_held()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _slot_free(self) -> None:
         self.running -= 1
@@ -196,7 +280,7 @@ def register_batch_tasks(app: Celery, settings: Settings, cache_of: Any) -> Lane
     """Register the lane's two tasks on ``app``; ``cache_of()`` is the pool process's model
     cache (the one its predict batches use)."""
     lane = Lane(settings, cache_of)
-    _runner.update(settings=settings, cache_of=cache_of)
+    _runner.update(settings=settings, cache_of=cache_of)  # for direct calls (apply())
 
     class LaneTask(Task):  # type: ignore[misc]
         abstract = True
@@ -213,7 +297,7 @@ def register_batch_tasks(app: Celery, settings: Settings, cache_of: Any) -> Lane
         return run_lane_task(CHUNK_TASK, [batch_id, k])
 
     def _on_shutdown(**_: Any) -> None:
-        lane.return_held()
+        lane.stop()
 
     signals.worker_shutting_down.connect(_on_shutdown, weak=False)
     app.predq_lane = lane  # type: ignore[attr-defined]

@@ -395,7 +395,7 @@ def test_cancel_stops_further_chunks_and_keeps_finished_ones(api: Any, slow_mode
 
 
 def test_files_and_batches_expire_and_their_disk_is_freed(api: Any, tmp_path: Path) -> None:
-    client = api(PREDQ_FILE_TTL_S="4")
+    client = api(PREDQ_FILE_TTL_S="15")
     df = iris_frame(100)
     fid = upload(client, df.to_csv(index=False).encode(), "text/csv").json()["id"]
     b = wait_batch(client, client.post("/v1/models/iris/batches", json={
@@ -403,8 +403,8 @@ def test_files_and_batches_expire_and_their_disk_is_freed(api: Any, tmp_path: Pa
     assert b["status"] == "succeeded"
     root = tmp_path / "files"
     assert (root / "uploads" / fid).exists() and (root / "batches" / b["id"]).exists()
-    _wait_for(lambda: client.get(f"/v1/files/{fid}").status_code == 404, timeout=30)
-    _wait_for(lambda: client.get(f"/v1/batches/{b['id']}").status_code == 404, timeout=30)
+    _wait_for(lambda: client.get(f"/v1/files/{fid}").status_code == 404, timeout=60)
+    _wait_for(lambda: client.get(f"/v1/batches/{b['id']}").status_code == 404, timeout=60)
     _problem(client.get(f"/v1/batches/{b['id']}"), 404, "expired")
     _problem(client.get(f"/v1/files/{b['output_file_id']}/content"), 404)
     _wait_for(lambda: not (root / "uploads" / fid).exists()
