@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
                 except httpx.HTTPError:
                     time.sleep(0.5)
             idle = predict_p50(client, 50)
+            log("warming the lane processes with a small batch on each worker")
+            small = tmp / "small.csv"
+            with open(csv, "rb") as f:
+                small.write_bytes(f.read(200_000).rsplit(b"\n", 1)[0] + b"\n")
+            for _ in range(3):
+                end_to_end(client, small, "csv", tmp / "small.out.csv")
             for fmt, src in (("csv", csv), ("parquet", parquet)):
                 log(f"{fmt}: local script")
                 local = local_script(artifact, src, fmt, tmp / f"local.{fmt}")

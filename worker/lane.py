@@ -78,10 +78,6 @@ def lane_process_init(settings: Settings, served: list[str]) -> None:
             log.warning("lane process could not preload models: %s", e)
 
 
-def _ready() -> int:
-    return os.getpid()
-
-
 def run_lane_task(name: str, args: list[Any]) -> dict[str, Any]:
     """Runs in a lane process. Never raises: an error is returned for a requeue."""
     try:
@@ -130,9 +126,9 @@ class Lane:
             consume = app.amqp.queues.consume_from or app.amqp.queues
             self.queues = [q for q in consume if q.endswith(".batch")]
             interval = max(1.0, min(60.0, self.settings.file_ttl_s / 4))
+            # The lane processes start with the first batch task (not here: a worker that
+            # never sees a batch keeps only its predict pool).
             consumer.timer.call_repeatedly(interval, self.sweep)
-            if self.queues:
-                self.warm()
 
         def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any,
                     **kw: Any) -> None:
@@ -231,14 +227,7 @@ class Lane:
                 initargs=(self.settings, [q.removesuffix(".batch") for q in self.queues]))
         return self._executor
 
-    def warm(self) -> None:
-        """Start the lane processes now (imports, models), not at the first chunk."""
-        try:
-            pool = self.executor()
-            for _ in range(self.slots):
-                pool.submit(_ready)
-        except Exception:
-            log.warning("could not start the lane processes", exc_info=True)
+
 
     def stop(self) -> None:
         """Shutdown: chunks not started go back to the broker; running ones are left to
