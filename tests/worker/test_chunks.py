@@ -1,9 +1,9 @@
 """A chunk's vectorized validation accepts exactly what the JSON path accepts (issue 12).
 
 The same rows go through ``shared.schema.ModelSchema.parse`` (a JSON job) and through
-``worker.chunks`` as a JSON Lines chunk (both its columnar path and its line-by-line path) and
-as a typed Parquet-like table: every row is accepted by all or refused by all, and a refused
-row's error names the same field. Plus the file-format helpers of ``shared.tabular``.
+``worker.chunk_validation`` as a JSON Lines chunk (both its columnar path and its line-by-line
+path) and as a typed Parquet-like table: every row is accepted by all or refused by all, and
+a refused row's error names the same field. Plus the file-format helpers of ``shared.tabular``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from shared.errors import InvalidInput
 from shared.registry import Feature, Manifest
 from shared.schema import ModelSchema
 from shared.tabular import BadFile, inspect, sniff
-from worker.chunks import _validate_each_line, validate, validate_lines
+from worker.chunk_validation import _validate_each_line, validate, validate_lines
 
 MAX_STRING = 8
 
