@@ -10,9 +10,11 @@ from fastapi import FastAPI
 
 from api import docs, observability, openapi, problems, ratelimit
 from api.deps import AppState
-from api.routes import health, jobs, models, webhooks
+from api.routes import batches, files, health, jobs, models, webhooks
 from api.waiters import Waiters
 from shared.auth import KeyRing
+from shared.batches import AsyncBatches
+from shared.files import AsyncFiles
 from shared.jobs import AsyncJobs
 from shared.keys import Keys
 from shared.redis_conn import async_client
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings, redis=client, jobs=AsyncJobs(client, settings),
             registry=Registry(settings.registry_root), waiters=waiters,
             keyring=KeyRing(settings), schemas={},
+            files=AsyncFiles(client, settings), batches=AsyncBatches(client, settings),
         )
         for hook in app.state.predq_startup_hooks:
             hook(app.state.predq)
@@ -77,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ratelimit.install(app)
     app.include_router(models.router)
     app.include_router(jobs.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     app.include_router(health.router)
     webhooks.install(app)
     observability.install(app, settings)

@@ -13,7 +13,9 @@ from api.ratelimit import RateLimiter
 from api.ratelimit import enforce as enforce_rate_limit
 from api.waiters import Waiters
 from shared.auth import ANONYMOUS, KEY_PREFIX, KeyRing, Principal
+from shared.batches import AsyncBatches
 from shared.errors import Forbidden, ModelNotFound, PredqError, Unauthorized
+from shared.files import AsyncFiles
 from shared.jobs import AsyncJobs, queue_position
 from shared.redis_conn import AsyncRedis
 from shared.registry import Manifest, Registry
@@ -32,6 +34,9 @@ class AppState:
     waiters: Waiters
     keyring: KeyRing
     schemas: dict[tuple[str, str, str], ModelSchema]
+    #: The batch-file stores (the uploaded files, the batch records).
+    files: AsyncFiles
+    batches: AsyncBatches
     #: Checks a webhook spec at submit time (raises InvalidInput); None: no check.
     webhook_guard: Callable[[Any], None] | None = None
     #: Set at startup (api.ratelimit.install); None: no rate limiting.

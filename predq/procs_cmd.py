@@ -128,6 +128,10 @@ def worker(
     ))
     if not queue_list:
         raise click.BadParameter("no queue given", param_hint="--queues")
+    # A worker serving a predict queue also takes its batch-file lane (worker.lane).
+    queue_list += [f"{q}.batch" for q in queue_list
+                   if q != settings.webhook_queue and not q.endswith(".batch")
+                   and f"{q}.batch" not in queue_list]
     argv = [
         "worker",
         f"--queues={','.join(queue_list)}",

@@ -141,3 +141,13 @@ class NotDurable(RetryLater):
 
     def __init__(self, detail: str, *, retry_after: int = 2) -> None:
         super().__init__(detail, retry_after=retry_after)
+
+
+class FileNotFound(PredqError):
+    status = 404
+    title = "File not found"
+
+
+class BatchNotFound(PredqError):
+    status = 404
+    title = "Batch not found"

@@ -114,6 +114,31 @@ class Keys:
         each expires with its window). See api.ratelimit."""
         return f"{self.prefix}:ratelimit"
 
+    # -- batch files (shared.files, shared.batches) --------------------------------------
+    def file(self, file_id: str) -> str:
+        """Hash of one stored file: owner, format, bytes, sha256, columns, rows, expiry."""
+        return f"{self.prefix}:file:{file_id}"
+
+    def files_expiry(self) -> str:
+        """Sorted set of file and batch ids (score: unix expiry), swept to free the disk."""
+        return f"{self.prefix}:files:expiry"
+
+    def batch(self, batch_id: str) -> str:
+        """Hash of one batch: status, model, version, counts, chunk bookkeeping."""
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_done_chunks(self, batch_id: str) -> str:
+        """Set of the chunk numbers of a batch that finished (counted exactly once)."""
+        return f"{self.prefix}:batch:{batch_id}:done"
+
+    def batches_of(self, owner: str) -> str:
+        """Sorted set of an owner's batch ids (score: creation time), for GET /v1/batches."""
+        return f"{self.prefix}:batches:{owner}"
+
+    def batch_idempotency(self, owner: str, key: str) -> str:
+        """String: the batch id created for (owner, Idempotency-Key) and its fingerprint."""
+        return f"{self.prefix}:idem-batch:{owner}:{key}"
+
 
 #: Seconds of history behind the drain rate (in DRAIN_BUCKET_S buckets).
 DRAIN_WINDOW_S = 60

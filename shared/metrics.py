@@ -185,9 +185,25 @@ WEBHOOK_DURATION = ClusterHistogram(
     "predq_webhook_delivery_duration_seconds", "Duration of one webhook delivery attempt.",
     (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 
+# Batch files (worker.chunks): rows and chunks of batches, and how batches end.
+BATCH_FILE_ROWS = ClusterCounter(
+    "predq_batch_file_rows_total",
+    "Rows of batch files handled, by model and outcome (done: in the output; failed: in the "
+    "error file).", ("model", "outcome"))
+BATCH_FILE_CHUNKS = ClusterCounter(
+    "predq_batch_file_chunks_total", "Batch-file chunks finished, by model.", ("model",))
+BATCH_FILE_CHUNK_SECONDS = ClusterHistogram(
+    "predq_batch_file_chunk_duration_seconds",
+    "Duration of one batch-file chunk (read, validate, predict, write).",
+    (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0))
+BATCHES_FINISHED = ClusterCounter(
+    "predq_batch_files_finished_total", "Batches that ended, by status.", ("status",),
+    initial=(("succeeded",), ("failed",), ("cancelled",)))
+
 CLUSTER_METRICS: tuple[ClusterCounter | ClusterHistogram, ...] = (
     JOBS_FINISHED, QUEUE_WAIT, BATCH_JOBS, BATCH_ROWS, PREDICT_DURATION, PREDICT_ROWS,
     CACHE_LOADS, CACHE_HITS, MODEL_LOAD_SECONDS, WEBHOOK_DELIVERIES, WEBHOOK_DURATION,
+    BATCH_FILE_ROWS, BATCH_FILE_CHUNKS, BATCH_FILE_CHUNK_SECONDS, BATCHES_FINISHED,
 )
 
 

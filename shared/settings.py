@@ -164,6 +164,26 @@ class Settings(BaseSettings):
         2_000_000, description="Rows queued per model before new jobs get 429."
     )
 
+    # -- batch files (see README "Batch files") ---------------------------------------
+    files_root: Path = Field(
+        Path(".predq/files"), description="Directory of uploaded files, batch chunks and "
+        "outputs; API and workers must share it."
+    )
+    file_ttl_s: PositiveInt = Field(
+        7 * 86_400, description="Seconds an uploaded file, a batch and its output and error "
+        "files are kept; then their records and disk space are freed."
+    )
+    max_file_bytes: PositiveInt = Field(
+        2 * 1024**3, description="Largest uploaded file (after gzip decoding); 413 above it."
+    )
+    batch_chunk_rows: PositiveInt = Field(
+        50_000, description="Rows per chunk of a batch (one Celery task each)."
+    )
+    batch_processes: int = Field(
+        0, ge=0, description="Batch chunks a worker runs at once, each in a lane process "
+        "of lower CPU priority beside the predict pool (0: as many as the pool has)."
+    )
+
     # -- webhooks ----------------------------------------------------------------------
     webhook_secrets: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -330,6 +350,13 @@ class Settings(BaseSettings):
 
     def all_predict_queues(self) -> list[str]:
         return sorted({self.default_queue, *self.model_queues.values()})
+
+    def batch_queue_for(self, model: str) -> str:
+        """The lower-priority lane of ``model``'s batch chunks (its queue + ``.batch``)."""
+        return self.queue_for(model) + ".batch"
+
+    def all_batch_queues(self) -> list[str]:
+        return [q + ".batch" for q in self.all_predict_queues()]
 
 
 

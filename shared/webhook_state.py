@@ -217,8 +217,10 @@ class WebhookStore(Generic[RedisClient]):
             ) -> Any:
         """Write ``new`` if the stored state is still ``expected``; 1, 0 or -1 (see _CAS)."""
         due_arg = "" if due is None else (KEEP if due == KEEP else repr(float(due)))
+        # A batch's webhook (shared.batches) keeps its state in the batch's hash.
+        record = self.keys.batch(job_id) if job_id.startswith("batch_") else self.keys.job(job_id)
         return self._cas(
-            keys=[self.keys.job(job_id), self.keys.webhook_due(), self.keys.webhook_dead(),
+            keys=[record, self.keys.webhook_due(), self.keys.webhook_dead(),
                   self.queue],
             args=[expected or b"", orjson.dumps(new), due_member(job_id, event), due_arg,
                   dead, job_id, repr(now), message],

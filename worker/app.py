@@ -24,6 +24,7 @@ from shared.store import Scripts, lease_seconds
 from worker.batching import PredictBatches
 from worker.cache import ModelCache
 from worker.delivery import poison_webhook, webhook_for
+from worker.lane import register_batch_tasks
 from worker.lifecycle import install_lifecycle, node_name
 from worker.observe import BatchObserver
 from worker.predict import BatchPredictor
@@ -114,6 +115,7 @@ def create_app(settings: Settings) -> Celery:
     app = Celery("predq", broker=settings.redis_url, set_as_current=True)
     queues = [Queue(q, routing_key=q) for q in settings.all_predict_queues()]
     queues.append(Queue(settings.webhook_queue, routing_key=settings.webhook_queue))
+    queues += [Queue(q, routing_key=q) for q in settings.all_batch_queues()]
     app.conf.update(
         task_default_queue=settings.default_queue,
         task_queues=queues,
@@ -205,6 +207,7 @@ def create_app(settings: Settings) -> Celery:
                                           dispatch_uid="predq.preload")
 
     register_webhook_task(app, settings)
+    register_batch_tasks(app, settings, cache_of=lambda: state.get(settings).cache)
     install_lifecycle(app, settings)
     app.predq_settings = settings  # type: ignore[attr-defined]
     return app

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
+from shared import batches as bstore
 from shared.keys import Keys
 from shared.messages import webhook_message
 from shared.metrics import record_webhook
@@ -137,7 +138,9 @@ class Deliverer:
                 self.client.zrem(self.keys.webhook_due(), due_member(job_id, event))
                 return "skipped: the job no longer exists"
             spec = job.get("webhook") or {}
-            if event_for(job["status"]) != event or event not in spec.get("events", ()):
+            sends = (bstore.EVENT_FOR_STATUS.get(job["status"]) if bstore.is_batch_id(job_id)
+                     else event_for(job["status"]))
+            if sends != event or event not in spec.get("events", ()):
                 self.client.zrem(self.keys.webhook_due(), due_member(job_id, event))
                 return f"skipped: a {job['status']} job does not send {event}"
             now = time.time()
@@ -189,7 +192,11 @@ class Deliverer:
         return result
 
     def _read(self, job_id: str) -> tuple[dict[str, Any] | None, bytes | None]:
-        """The job as GET reads it, and the raw bytes of its webhook state."""
+        """The job (or batch) as GET reads it, and the raw bytes of its webhook state."""
+        if bstore.is_batch_id(job_id):
+            b = bstore.read_sync(self.client, self.keys, job_id)
+            raw = self.client.hget(self.keys.batch(job_id), "webhook_state")
+            return b, raw.encode() if isinstance(raw, str) else raw
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hmget(self.keys.job(job_id), VIEW_FIELDS)
             pipe.pttl(self.keys.job(job_id))
@@ -228,7 +235,8 @@ class Deliverer:
             return Outcome(error="NotConfigured: no PREDQ_WEBHOOK_SECRETS on the worker; "
                                  "webhooks are never sent unsigned")
         target = resolve(job["webhook"]["url"], self.allow, self.resolver)
-        body = payload(event, at, job_json(job))
+        view = bstore.batch_json(job) if bstore.is_batch_id(job["id"]) else job_json(job)
+        body = payload(event, at, view)
         hdrs = headers(secrets, msg_id, int(at), body)
         return self._post(target, body, hdrs)
 

@@ -35,7 +35,8 @@ ScopeQuery = Annotated[Literal["all", "process", "cluster"],
 async def read_snapshot(client: object, settings: Settings) -> ClusterSnapshot:
     """The cluster metrics, read in one pipeline; ``redis_up=False`` when Redis fails."""
     keys = Keys(settings.key_prefix)
-    queues = [*settings.all_predict_queues(), settings.webhook_queue]
+    queues = [*settings.all_predict_queues(), settings.webhook_queue,
+              *settings.all_batch_queues()]
     since = time.time() - WORKER_ALIVE_BEATS * settings.worker_heartbeat_s
     try:
         async with asyncio.timeout(SCRAPE_REDIS_TIMEOUT_S):
