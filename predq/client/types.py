@@ -50,6 +50,8 @@ class ModelDetail(_Model):
     format: str
     created_at: str
     library_versions: dict[str, str]
+    runtime: dict[str, Any] | None = None
+    """What computes the outputs: the runtime chosen and verified at push."""
 
 
 class JobError(_Model):
@@ -113,11 +115,20 @@ class FileInfo(_Model):
     """An uploaded file (``POST /v1/files``, ``GET /v1/files/{id}``)."""
 
     id: str
-    bytes: int
+    object: str = "file"
+    bytes: int | None = None
+    """Size of an upload (None for a batch's output, rendered when downloaded)."""
     format: str
-    sha256: str
+    sha256: str | None = None
     created_at: str
     expires_at: str | None = None
+    purpose: str = "upload"
+    """``upload``, or what a batch wrote (``output``, ``errors``)."""
+    filename: str | None = None
+    n_rows: int | None = None
+    columns: list[str] | None = None
+    batch_id: str | None = None
+    links: dict[str, str] = {}
 
 
 class BatchCounts(_Model):
@@ -135,10 +146,14 @@ class BatchInfo(_Model):
     """A batch as ``GET /v1/batches/{id}`` returns it."""
 
     id: str
+    object: str = "batch"
     status: BatchStatus
     model: str
     version: str
     sha256: str | None = None
+    id_column: str | None = None
+    on_error: Literal["skip", "fail"] = "skip"
+    output_format: str | None = None
     counts: BatchCounts = BatchCounts()
     chunks: BatchChunks = BatchChunks()
     rows_per_second: float | None = None

@@ -48,6 +48,15 @@ def test_batch_from_a_path_a_file_object_and_a_dataframe(
         assert buf.getvalue().count(b"\n") == 120
         assert b1.errors() == [] and b1.info.counts.done == 120
     assert seen and seen[-1]["status"] == "succeeded"
+    # the typed models know every field the server sends
+    from predq.client import BatchInfo, FileInfo
+
+    assert set(seen[-1]) <= set(BatchInfo.model_fields), set(seen[-1]) - set(
+        BatchInfo.model_fields)
+    with Client(s.base_url, keys["user"]) as c:
+        info = c.upload(csv_gz)
+    assert set(info.model_dump()) - set(FileInfo.model_fields) == set(info.model_extra or {})
+    assert not info.model_extra, info.model_extra
     assert listed[:3] == [b3.id, b2.id, b1.id]
 
 
