@@ -8,18 +8,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import docs, observability, openapi, problems, ratelimit
-from api.deps import AppState
-from api.routes import batches, files, health, jobs, models, webhooks
-from api.waiters import Waiters
-from shared.auth import KeyRing
-from shared.batches import AsyncBatches
-from shared.files import AsyncFiles
-from shared.jobs import AsyncJobs
-from shared.keys import Keys
-from shared.redis_conn import async_client
-from shared.registry import Registry
-from shared.settings import Settings, get_settings
+from predq.api import docs, problems
+from predq.api.deps import AppState
+from predq.api.jobstore import AsyncJobs
+from predq.api.observability import install as observability
+from predq.api.openapi import document as openapi
+from predq.api.routes import batches, files, health, jobs, models, webhooks
+from predq.api.security import ratelimit
+from predq.api.security.apikeys import KeyRing
+from predq.api.waiters import Waiters
+from predq.shared.batchfiles.batchstore import AsyncBatches
+from predq.shared.batchfiles.filestore import AsyncFiles
+from predq.shared.jobstore.keys import Keys
+from predq.shared.redis_conn import async_client
+from predq.shared.registry.store import Registry
+from predq.shared.settings import Settings, get_settings
 
 log = logging.getLogger("predq.api")
 
@@ -73,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="predq", version="1.0", description=DESCRIPTION, lifespan=lifespan,
         responses={500: {"description": "Unexpected error (logged)"}},
-        docs_url=None, redoc_url=None,  # api.docs serves them without a CDN
+        docs_url=None, redoc_url=None,  # predq.api.docs serves them without a CDN
     )
     app.state.predq_startup_hooks = []
     problems.install(app)

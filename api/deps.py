@@ -9,18 +9,18 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.ratelimit import RateLimiter
-from api.ratelimit import enforce as enforce_rate_limit
-from api.waiters import Waiters
-from shared.auth import ANONYMOUS, KEY_PREFIX, KeyRing, Principal
-from shared.batches import AsyncBatches
-from shared.errors import Forbidden, ModelNotFound, PredqError, Unauthorized
-from shared.files import AsyncFiles
-from shared.jobs import AsyncJobs, queue_position
-from shared.redis_conn import AsyncRedis
-from shared.registry import Manifest, Registry
-from shared.schema import ModelSchema
-from shared.settings import Settings
+from predq.api.jobstore import AsyncJobs, queue_position
+from predq.api.security.apikeys import ANONYMOUS, KEY_PREFIX, KeyRing, Principal
+from predq.api.security.ratelimit import RateLimiter
+from predq.api.security.ratelimit import enforce as enforce_rate_limit
+from predq.api.waiters import Waiters
+from predq.shared.batchfiles.batchstore import AsyncBatches
+from predq.shared.batchfiles.filestore import AsyncFiles
+from predq.shared.errors import Forbidden, ModelNotFound, PredqError, Unauthorized
+from predq.shared.redis_conn import AsyncRedis
+from predq.shared.registry.schema import ModelSchema
+from predq.shared.registry.store import Manifest, Registry
+from predq.shared.settings import Settings
 
 
 @dataclass
@@ -39,7 +39,7 @@ class AppState:
     batches: AsyncBatches
     #: Checks a webhook spec at submit time (raises InvalidInput); None: no check.
     webhook_guard: Callable[[Any], None] | None = None
-    #: Set at startup (api.ratelimit.install); None: no rate limiting.
+    #: Set at startup (predq.api.security.ratelimit.install); None: no rate limiting.
     rate_limiter: RateLimiter | None = None
 
     async def queue_info(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         principal = state.keyring.authenticate(creds.credentials)
         if principal is None:
             raise Unauthorized("unknown API key")
-        request.state.principal = principal  # read by api.problems (what a 404 may say)
+        request.state.principal = principal  # read by predq.api.problems (what a 404 may say)
         await enforce_rate_limit(state.rate_limiter, request, principal.name)
         if scope not in principal.scopes and not principal.is_admin:
             raise Forbidden(f"this key lacks the {scope!r} scope")

@@ -1,9 +1,9 @@
 """RFC 9457 problem details: every error the API answers is ``application/problem+json``.
 
-A named error (``shared.errors``) carries its status, title, detail and headers; the one
+A named error (``predq.shared.errors``) carries its status, title, detail and headers; the one
 :func:`problem_of` turns any of them into its answer, with no case for any class. The other
 handlers answer what is not predq's own: FastAPI's validation errors, Starlette's HTTP errors,
-Redis being unreachable (as :class:`~shared.errors.StoreUnavailable`) and anything unexpected.
+Redis being unreachable (as :class:`~predq.shared.errors.StoreUnavailable`) and anything unexpected.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from shared.errors import ModelNotFound, PredqError, StoreUnavailable
+from predq.shared.errors import ModelNotFound, PredqError, StoreUnavailable
 
 log = logging.getLogger("predq.api")
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.runtimes import RuntimeRecord
+from predq.shared.registry.runtimes import RuntimeRecord
 
 
 class Problem(BaseModel):

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from shared.redis_conn import AsyncRedis
+from predq.shared.redis_conn import AsyncRedis
 
 log = logging.getLogger("predq.api.waiters")
 

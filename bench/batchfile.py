@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log(f"writing {args.rows} rows as CSV and Parquet, training the forest")
         artifact, csv, parquet, _ = make_data(tmp, args.rows)
-        from shared.registry import Registry
+        from predq.shared.registry.store import Registry
 
         Registry(tmp / "registry").push(artifact, "forest", aliases=("production",))
         redis.start()

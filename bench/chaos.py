@@ -659,7 +659,7 @@ def stack_env(tmp: Path, redis: RedisServer) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from predq.demo import ensure_demo
-    from shared.registry import Registry
+    from predq.shared.registry.store import Registry
 
     tmp = Path(tempfile.mkdtemp(prefix="predq-chaos-"))
     (tmp / "logs").mkdir()

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from predq.demo import train_demo_model
     from predq.procs import group_pids
     from predq.redis_server import RedisServer
-    from shared.registry import Registry
-    from shared.serialization import dump_estimator
+    from predq.shared.registry.serialization import dump_estimator
+    from predq.shared.registry.store import Registry
 
     tmp = Path(tempfile.mkdtemp(prefix="predq-mem-"))
     registry = Registry(tmp / "registry")

@@ -173,13 +173,13 @@ def tree_groups(pid: int, name: str) -> dict[str, int]:
 
 def start_predq(tmp: Path, model_file: Path, runtime: str, log_level: str
                 ) -> tuple[subprocess.Popen[bytes], Any, str, dict[str, str], Any]:
+    from predq.api.security.apikeys import key_spec, new_key
     from predq.procs import wait_for_url
     from predq.redis_server import (
         RedisServer,  # noqa: I001
         free_port,
     )
-    from shared.auth import key_spec, new_key
-    from shared.registry import Registry
+    from predq.shared.registry.store import Registry
 
     registry = Registry(tmp / "registry")
     manifest = registry.push(model_file, MODEL_NAME, runtime=runtime)

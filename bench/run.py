@@ -515,10 +515,10 @@ def local_reference(registry_root: str, model: str, body: bytes
     import pandas as pd
     from pydantic import TypeAdapter
 
-    from shared.registry import Registry
-    from shared.schema import ModelSchema
-    from shared.serialization import load_estimator
-    from shared.settings import Settings
+    from predq.shared.registry.schema import ModelSchema
+    from predq.shared.registry.serialization import load_estimator
+    from predq.shared.registry.store import Registry
+    from predq.shared.settings import Settings
 
     s = Settings(registry_root=Path(registry_root), _env_file=None)  # type: ignore[call-arg]
     reg = Registry(s.registry_root)
@@ -790,8 +790,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def register_models(root: Path) -> None:
     """The demo forest, trained once and pushed as ``iris`` and ``irisoff``."""
     from predq.demo import train_demo_model
-    from shared.registry import Registry
-    from shared.serialization import dump_estimator
+    from predq.shared.registry.serialization import dump_estimator
+    from predq.shared.registry.store import Registry
 
     registry = Registry(root)
     with tempfile.TemporaryDirectory(prefix="predq-bench-model-") as d:

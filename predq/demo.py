@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ModelNotFound, RegistryError
-from shared.registry import Manifest, Registry
+from predq.shared.errors import ModelNotFound, RegistryError
+from predq.shared.registry.store import Manifest, Registry
 
 IRIS_FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 # (low, high) of each iris feature in the data set, so sample rows look plausible.
@@ -47,7 +47,7 @@ def ensure_demo(registry: Registry, name: str = "iris") -> Manifest:
         return registry.resolve(name, None)
     except ModelNotFound:
         pass
-    from shared.serialization import dump_estimator
+    from predq.shared.registry.serialization import dump_estimator
 
     with tempfile.TemporaryDirectory(prefix="predq-demo-") as tmp:
         artifact = Path(tmp) / "iris.joblib"

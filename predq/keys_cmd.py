@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from shared.auth import KEY_PREFIX, key_spec, new_key
-from shared.settings import ALL_SCOPES, ApiKeySpec
+from predq.api.security.apikeys import KEY_PREFIX, key_spec, new_key
+from predq.shared.settings import ALL_SCOPES, ApiKeySpec
 
 #: Scopes a key gets when --scopes is not given: a client that submits and reads its jobs.
 DEFAULT_SCOPES = ("jobs:write", "jobs:read", "models:read")
@@ -66,8 +66,8 @@ def dev_api_key(home: Path | None = None, *, new: bool = False) -> str | None:
     kept only in that file of the user's own predq directory; Redis, the API and the logs only
     ever see its hash. Without ``home`` the key is for this run only and saved nowhere.
     """
+    from predq.shared.settings import get_settings
     from predq.stack import write_private
-    from shared.settings import get_settings
 
     settings = get_settings()
     if "api_keys" in settings.model_fields_set or not settings.auth_enabled:
@@ -129,7 +129,7 @@ def create(name: str, scope_values: tuple[str, ...], entry_only: bool) -> None:
 @keys.command("dev")
 def dev() -> None:
     """Print the development key of `predq up` (e.g. KEY=$(predq keys dev))."""
-    from shared.settings import get_settings
+    from predq.shared.settings import get_settings
 
     path = dev_key_path(get_settings().home)
     key = _saved_key(path)

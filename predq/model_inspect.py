@@ -141,7 +141,7 @@ def runtimes_for(model: Any) -> dict[str, Callable[[pd.DataFrame], Any]]:
     fn = model.predict_proba if hasattr(model, "predict_proba") else model.predict
     found: dict[str, Callable[[pd.DataFrame], Any]] = {"sklearn": fn}
     try:
-        from shared import runtimes  # type: ignore[attr-defined]
+        from predq.shared.registry import runtimes  # type: ignore[attr-defined]
     except ImportError:  # no accelerated runtimes in this installation
         return found
     candidates = getattr(runtimes, "candidates", None)
@@ -181,7 +181,7 @@ def sample_rows(model: Any, sample: Path | None, n: int = max(ROW_COUNTS)) -> pd
     if sample is not None:
         frame = pd.read_csv(sample)
         return frame.sample(n, replace=len(frame) < n, random_state=0).reset_index(drop=True)
-    from shared.introspect import infer_manifest_fields
+    from predq.introspect import infer_manifest_fields
 
     fields = infer_manifest_fields(model, sample=None, accepts_missing=None)
     rng = np.random.default_rng(0)

@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 
 from predq.inspect_cmd import inspect
-from shared.errors import ModelNotFound, PredqError, VersionNotFound
-from shared.registry import ModelInfo, Registry
-from shared.settings import get_settings
+from predq.shared.errors import ModelNotFound, PredqError, VersionNotFound
+from predq.shared.registry.store import ModelInfo, Registry
+from predq.shared.settings import get_settings
 
 
 def _registry() -> Registry:

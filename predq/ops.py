@@ -7,8 +7,8 @@ import os
 import shutil
 import tempfile
 
-from shared.logging import configure_logging
-from shared.settings import Settings
+from predq.shared.observability.logs import configure_logging
+from predq.shared.settings import Settings
 
 #: Seconds ``up`` (and docker-compose's stop_grace_period) add to the worker's own grace
 #: period: the worker's last-resort exit comes 10 s after it, plus a margin.

@@ -12,7 +12,7 @@ import time
 
 import click
 
-from shared.settings import get_settings
+from predq.shared.settings import get_settings
 
 
 @click.group()
@@ -43,8 +43,8 @@ def http_check(url: str, timeout: float) -> None:
               help="The worker's node name [default: celery@<this host>, Celery's default].")
 def worker_check(hostname: str | None) -> None:
     """Healthy when this worker's heartbeat in Redis is recent (it is consuming)."""
-    from shared.keys import WORKER_ALIVE_BEATS, Keys
-    from shared.redis_conn import display_url, sync_client
+    from predq.shared.jobstore.keys import WORKER_ALIVE_BEATS, Keys
+    from predq.shared.redis_conn import display_url, sync_client
 
     settings = get_settings()
     name = hostname or f"celery@{socket.gethostname()}"
@@ -70,7 +70,7 @@ def worker_check(hostname: str | None) -> None:
 def demo() -> None:
     """Register the demo model (iris, alias production) unless the registry has it."""
     from predq.demo import ensure_demo
-    from shared.registry import Registry
+    from predq.shared.registry.store import Registry
 
     settings = get_settings()
     manifest = ensure_demo(Registry(settings.registry_root))

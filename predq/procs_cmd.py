@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import click
 
-from shared.settings import Settings, get_settings
+from predq.shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -56,7 +56,7 @@ def _is_loopback(address: str) -> bool:
 
 
 def _celery_app(settings: Settings) -> Celery:
-    from worker.app import create_app
+    from predq.worker.app import create_app
 
     return create_app(settings)
 
@@ -79,7 +79,7 @@ def _uvicorn_log_level(level: str) -> str:
 @click.option("--allow-unauthenticated", "allow_open", is_flag=True,
               help="Allow PREDQ_AUTH_ENABLED=false on a non-loopback address.")
 def api(host: str, port: int, workers: int, allow_open: bool) -> None:
-    """Run the HTTP API (uvicorn, api.app:create_app)."""
+    """Run the HTTP API (uvicorn, predq.api.app:create_app)."""
     import uvicorn
 
     from predq.ops import prepare_api_process
@@ -91,7 +91,7 @@ def api(host: str, port: int, workers: int, allow_open: bool) -> None:
             "is for loopback only (pass --allow-unauthenticated to override)")
     prepare_api_process(settings, workers)
     uvicorn.run(
-        "api.app:create_app",
+        "predq.api.app:create_app",
         factory=True,
         host=host,
         port=port,
@@ -99,7 +99,8 @@ def api(host: str, port: int, workers: int, allow_open: bool) -> None:
         limit_concurrency=settings.limit_concurrency,
         timeout_graceful_shutdown=math.ceil(settings.api_shutdown_grace_s),
         access_log=False,  # the app logs each request itself
-        log_config=None,  # shared.logging configures every logger, uvicorn's included
+        # predq.shared.observability.logs configures every logger, uvicorn's included
+        log_config=None,
         log_level=_uvicorn_log_level(settings.log_level),
         server_header=False,
     )
@@ -128,7 +129,8 @@ def worker(
     ))
     if not queue_list:
         raise click.BadParameter("no queue given", param_hint="--queues")
-    # A worker serving a predict queue also takes its batch-file lane (worker.lane).
+    # A worker serving a predict queue also takes its batch-file lane
+    # (predq.worker.batchfiles.lane).
     queue_list += [f"{q}.batch" for q in queue_list
                    if q != settings.webhook_queue and not q.endswith(".batch")
                    and f"{q}.batch" not in queue_list]
@@ -273,7 +275,7 @@ def _start_redis(server: RedisServer) -> None:
 
 def _register_demo(settings: Settings) -> None:
     from predq.demo import ensure_demo
-    from shared.registry import Registry
+    from predq.shared.registry.store import Registry
 
     ensure_demo(Registry(settings.registry_root))
 
@@ -328,7 +330,7 @@ def _print_banner(base_url: str, flower_url: str, redis: RedisServer | None,
                   api_key: str | None = None, key_file: Path | None = None,
                   settings: Settings | None = None,
                   flower_auth: str | None = None) -> None:
-    from shared.redis_conn import display_url
+    from predq.shared.redis_conn import display_url
 
     settings = settings or get_settings()
     curl = demo_curl(base_url, api_key)

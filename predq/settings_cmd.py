@@ -11,7 +11,7 @@ from typing import Any
 import click
 from pydantic_core import PydanticUndefined
 
-from shared.settings import Settings, get_settings, setting_sources
+from predq.shared.settings import Settings, get_settings, setting_sources
 
 #: Settings whose values are secrets: shown as set or not, never printed.
 SECRET = {"webhook_secrets", "flower_basic_auth", "redis_sentinel_password"}
@@ -58,7 +58,7 @@ def markdown() -> str:
 
 
 def _shown(name: str, value: Any) -> str:
-    from shared.redis_conn import display_url
+    from predq.shared.redis_conn import display_url
 
     if name in SECRET:
         return "(set, hidden)" if value else "(unset)"

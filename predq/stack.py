@@ -111,7 +111,7 @@ def adopt_running_stack() -> dict[str, str]:
     put in ``os.environ`` (so child processes inherit it). Returns, and records in
     :data:`adopted`, field name -> a description of the source.
     """
-    from shared.settings import get_settings, setting_sources
+    from predq.shared.settings import get_settings, setting_sources
 
     try:
         settings = get_settings()

@@ -69,7 +69,7 @@ def wait_tasks(flower: str, auth: tuple[str, str], ids: list[str], timeout: floa
 
 def run_stack(args: argparse.Namespace, chromium: str) -> None:
     from predq.demo import ensure_demo, iris_sample_rows
-    from shared.registry import Registry
+    from predq.shared.registry.store import Registry
 
     user, password = "ops", "screenshot-" + os.urandom(6).hex()
     work = Path(tempfile.mkdtemp(prefix="predq-shot-"))

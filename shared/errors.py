@@ -3,7 +3,7 @@
 Each error carries everything its HTTP answer needs: ``status``, ``title``, ``type_``,
 ``detail``, ``errors`` and ``headers`` (a 401's ``WWW-Authenticate``, a 429's or 503's
 ``Retry-After``). Only ``api/`` turns them into responses, with one handler
-(``api.problems``) that knows no error class by name: a new error needs no new handler.
+(``predq.api.problems``) that knows no error class by name: a new error needs no new handler.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ class UnsupportedModel(RegistryError):
 
 
 class NotDurable(RetryLater):
-    """Durable submit is on and the job cannot be confirmed on disk (shared.durability)."""
+    """Durable submit is on and the job cannot be confirmed on disk
+    (predq.shared.jobstore.durability)."""
 
     status = 503
     title = "Service unavailable"

@@ -28,7 +28,7 @@ import redis.asyncio.client
 import redis.client
 import redis.commands.core
 
-from shared.settings import Settings
+from predq.shared.settings import Settings
 
 SyncRedis = redis.Redis
 SyncPipeline = redis.client.Pipeline
@@ -37,7 +37,8 @@ AsyncPipeline = redis.asyncio.client.Pipeline
 #: What ``register_script`` returns, on a blocking and on an asyncio client.
 Script = redis.commands.core.Script
 AsyncScript = redis.commands.core.AsyncScript
-#: A blocking or an asyncio client, for what binds to either (``shared.store.Scripts``): the
+#: A blocking or an asyncio client, for what binds to either
+# (``predq.shared.jobstore.scripts.Scripts``): the
 #: binding's type says which, so ``Scripts[AsyncRedis]`` calls must be awaited.
 RedisClient = TypeVar("RedisClient", SyncRedis, AsyncRedis)
 

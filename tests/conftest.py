@@ -49,7 +49,7 @@ from predq.procs import Child, ChildExited, Supervisor, tail_file, wait_for_url
 from predq.redis_server import RedisServer, free_port
 
 if TYPE_CHECKING:
-    from shared.registry import Registry
+    from predq.shared.registry.store import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 _LOGS = pytest.StashKey[list[tuple[str, Path]]]()
@@ -101,7 +101,7 @@ def _private_predq_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
     """No test sees settings cached from another test's environment."""
-    from shared.settings import get_settings
+    from predq.shared.settings import get_settings
 
     get_settings.cache_clear()
     yield
@@ -189,8 +189,8 @@ def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 def _registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with iris and mixed, trained and pushed once per session."""
     from predq.demo import train_demo_model, train_mixed_pipeline, write_demo_sample
-    from shared.registry import Registry
-    from shared.serialization import dump_estimator
+    from predq.shared.registry.serialization import dump_estimator
+    from predq.shared.registry.store import Registry
 
     work = tmp_path_factory.mktemp("models")
     registry = Registry(work / "registry")
@@ -207,7 +207,7 @@ def _registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def registry_with_models(settings_env: dict[str, str], _registry_template: Path) -> Registry:
     """The test's registry (``PREDQ_REGISTRY_ROOT``) holding ``iris`` and ``mixed``."""
-    from shared.registry import Registry
+    from predq.shared.registry.store import Registry
 
     root = Path(settings_env["PREDQ_REGISTRY_ROOT"])
     shutil.copytree(_registry_template, root, dirs_exist_ok=True)
@@ -360,7 +360,7 @@ def configure_keys(target_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
     plaintext keys: ``user`` and ``other`` (jobs and models scopes) and ``admin``."""
     import orjson
 
-    from shared.auth import key_spec, new_key
+    from predq.api.security.apikeys import key_spec, new_key
 
     plain = {"user": new_key(), "other": new_key(), "admin": new_key()}
     user_scopes = ("jobs:write", "jobs:read", "models:read")

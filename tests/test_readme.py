@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from sync_readme import README, render  # noqa: E402
 
-from shared.settings import Settings  # noqa: E402
+from predq.shared.settings import Settings  # noqa: E402
 
 
 def test_settings_table_is_current() -> None:
@@ -44,7 +44,7 @@ def test_every_relative_link_and_image_exists() -> None:
 
 
 def test_the_webhook_id_is_what_the_readme_says() -> None:
-    from shared.webhooks import webhook_id
+    from predq.shared.webhooks.signing import webhook_id
 
     text = README.read_text()
     job_id = "1a3503d8-e5f0-4c7b-9d3a-2b1c0f9e8d7c"

@@ -45,7 +45,7 @@ def test_shared_is_checked_strictly() -> None:
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
     assert "pydantic.mypy" in config["plugins"]
-    (shared,) = [o for o in config["overrides"] if "shared.*" in o["module"]]
+    (shared,) = [o for o in config["overrides"] if "predq.shared.*" in o["module"]]
     strict_flags = {"disallow_any_generics", "disallow_subclassing_any",
                     "disallow_untyped_calls", "disallow_untyped_defs",
                     "disallow_incomplete_defs", "check_untyped_defs",

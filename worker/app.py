@@ -15,22 +15,22 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
-from shared.keys import Keys
-from shared.messages import PREDICT_TASK
-from shared.redis_conn import celery_transport_options, sync_client
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.store import Scripts, lease_seconds
-from worker.batching import PredictBatches
-from worker.cache import ModelCache
-from worker.delivery import poison_webhook, webhook_for
-from worker.lane import register_batch_tasks
-from worker.lifecycle import install_lifecycle, node_name
-from worker.observe import BatchObserver
-from worker.predict import BatchPredictor
-from worker.reaper import reap
-from worker.store_failures import record as record_store_failure
-from worker.webhooks import register_webhook_task
+from predq.shared.jobstore.keys import Keys
+from predq.shared.jobstore.messages import PREDICT_TASK
+from predq.shared.jobstore.scripts import Scripts, lease_seconds
+from predq.shared.redis_conn import celery_transport_options, sync_client
+from predq.shared.registry.store import Registry
+from predq.shared.settings import Settings
+from predq.worker.batch_metrics import BatchObserver
+from predq.worker.batchfiles.lane import register_batch_tasks
+from predq.worker.batching.consumer import PredictBatches
+from predq.worker.lifecycle import install_lifecycle, node_name
+from predq.worker.model_cache import ModelCache
+from predq.worker.predict import BatchPredictor
+from predq.worker.reaper import reap
+from predq.worker.store_failures import record as record_store_failure
+from predq.worker.webhook_delivery import poison_webhook, webhook_for
+from predq.worker.webhook_task import register_webhook_task
 
 log = logging.getLogger("predq.worker")
 
@@ -155,7 +155,7 @@ def create_app(settings: Settings) -> Celery:
         max_batch_jobs = settings.max_batch_jobs
         max_batch_rows = settings.max_batch_rows
         max_wait_s = settings.max_wait_ms / 1000.0
-        # The soft limit (SIGALRM in worker.timelimit) fails a slow model's jobs and keeps
+        # The soft limit (SIGALRM in predq.worker.timelimit) fails a slow model's jobs and keeps
         # the process; this hard limit only replaces a process stuck inside one C call.
         batch_time_limit = settings.batch_time_limit_s
         reap_interval_s = settings.reaper_interval_s

@@ -1,5 +1,5 @@
-"""What one batch did: the record :class:`worker.predict.BatchPredictor` fills as it runs a
-batch and :class:`worker.observe.BatchObserver` turns into metrics and a log line.
+"""What one batch did: the record :class:`predq.worker.predict.BatchPredictor` fills as it runs a
+batch and :class:`predq.worker.batch_metrics.BatchObserver` turns into metrics and a log line.
 
 Its own module so that both read it without importing each other.
 """

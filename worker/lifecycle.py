@@ -14,10 +14,12 @@
   flush, and kombu restores their messages (with any other unacknowledged one) when the channel
   closes, after the pool has drained. Those jobs stay ``queued``. If batches still run
   ``worker_shutdown_grace_s`` after the signal, the watchdog kills the pool processes: their
-  batches are requeued by the pool's worker-lost path (see ``worker.batching``) and the
+  batches are requeued by the pool's worker-lost path (see ``predq.worker.batching.consumer``) and
+  the
   shutdown completes. A last resort exits the process a few seconds later.
 - pool processes that ignore SIGTERM (see :func:`_pool_ignores_sigterm`).
-- structured logging (``shared.logging``) in place of Celery's own, and the node name, which
+- structured logging (``predq.shared.observability.logs``) in place of Celery's own, and the node
+name, which
   pool processes inherit for their batch log lines (:func:`node_name`).
 """
 
@@ -34,11 +36,11 @@ from typing import Any
 import orjson
 from celery import Celery, bootsteps, signals
 
-from shared.keys import WORKER_INFO_TTL_BEATS, Keys
-from shared.logging import configure_logging
-from shared.messages import PREDICT_TASK
-from shared.redis_conn import sync_client
-from shared.settings import Settings
+from predq.shared.jobstore.keys import WORKER_INFO_TTL_BEATS, Keys
+from predq.shared.jobstore.messages import PREDICT_TASK
+from predq.shared.observability.logs import configure_logging
+from predq.shared.redis_conn import sync_client
+from predq.shared.settings import Settings
 
 log = logging.getLogger("predq.worker.lifecycle")
 

@@ -24,11 +24,9 @@ import numpy as np
 import orjson
 from redis.exceptions import NoScriptError
 
-from shared import codec
-from shared.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, RECENT_BATCHES
-from shared.registry import Manifest
-from shared.settings import Settings
-from shared.store import (
+from predq.shared.jobstore import codec
+from predq.shared.jobstore.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, RECENT_BATCHES
+from predq.shared.jobstore.scripts import (
     FAILED,
     SUCCEEDED,
     Scripts,
@@ -36,11 +34,13 @@ from shared.store import (
     error_payload,
     lease_seconds,
 )
-from worker import render
-from worker.batch_report import BatchReport
-from worker.cache import ModelCache
-from worker.observe import BatchObserver
-from worker.timelimit import JobTimeLimit, interruptible, time_limit
+from predq.shared.registry.store import Manifest
+from predq.shared.settings import Settings
+from predq.worker import outputs as render
+from predq.worker.batch_metrics import BatchObserver
+from predq.worker.batch_report import BatchReport
+from predq.worker.model_cache import ModelCache
+from predq.worker.timelimit import JobTimeLimit, interruptible, time_limit
 
 log = logging.getLogger("predq.worker")
 
@@ -90,7 +90,7 @@ class BatchPredictor:
         self.webhook_for = webhook_for
         self.observer = observer
         #: Called with the id of each job the claim failed as poison (its job.failed
-        #: webhook; see worker.delivery.poison_webhook). Must not raise.
+        #: webhook; see predq.worker.webhook_delivery.poison_webhook). Must not raise.
         self.on_poison: Callable[[str], None] = _ignore
 
     def run(self, batch_id: str, requests: list[Request]) -> BatchReport:
@@ -239,7 +239,7 @@ class BatchPredictor:
         alone under a limit of its own, so that only a job that is slow by itself fails as
         ``TimeLimitExceeded`` and the jobs merged beside it succeed. (Several slow jobs in
         one batch can outlast the batch's hard limit: the process is then replaced and each
-        job runs again alone, see worker.batching.)
+        job runs again alone, see predq.worker.batching.consumer.)
         """
         try:
             with time_limit(self.settings.job_time_limit_s):

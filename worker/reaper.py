@@ -19,10 +19,10 @@ import logging
 import time
 from typing import Any
 
-from shared.keys import Keys
-from shared.messages import predict_message
-from shared.redis_conn import SyncRedis
-from shared.settings import Settings
+from predq.shared.jobstore.keys import Keys
+from predq.shared.jobstore.messages import predict_message
+from predq.shared.redis_conn import SyncRedis
+from predq.shared.settings import Settings
 
 log = logging.getLogger("predq.worker.reaper")
 

@@ -2,7 +2,8 @@
 
 A batch can fail outside its jobs after its claim worked: the model ran, then Redis refused
 the finish (a restart, a failover, a network blip). The batch is requeued after a pause
-(``worker.batching``), and every claim counts a delivery, so a Redis that keeps failing at the
+(``predq.worker.batching.consumer``), and every claim counts a delivery, so a Redis that keeps
+failing at the
 wrong moment makes the claim fail the job as ``PoisonJob`` ("its worker died each time") when
 no worker died. So:
 
@@ -10,7 +11,8 @@ no worker died. So:
   hash's ``store_failures`` and keeps the error in ``store_error``, for each job of the batch
   that is ``running`` (that is, claimed: a batch that failed before its claim did not cost a
   delivery);
-- when the claim (``shared.store``) fails such a job after too many deliveries, the error
+- when the claim (``predq.shared.jobstore.scripts``) fails such a job after too many deliveries,
+the error
   says so: ``ResultNotStored``, how many times Redis failed after the claim, the last error,
   and how many deliveries ended otherwise (a dying worker), in the same atomic step.
 """
@@ -21,7 +23,7 @@ import logging
 import time
 from typing import Any
 
-from shared.keys import Keys
+from predq.shared.jobstore.keys import Keys
 
 log = logging.getLogger("predq.worker.store_failures")
 

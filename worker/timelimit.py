@@ -35,7 +35,7 @@ from types import FrameType, TracebackType
 
 #: Modules that hold a process-wide lock while they call other code (a logging handler's
 #: lock around emit, an import's module lock): no exception while any of their frames runs.
-NEVER = ("logging", "importlib", "worker.timelimit")
+NEVER = ("logging", "importlib", "predq.worker.timelimit")
 #: Modules whose own code manipulates locks or global state (shared with other threads, or
 #: restored on exit): not interrupted while they run, except in a plain wait.
 UNSAFE = ("threading", "joblib", "threadpoolctl", "contextlib", "warnings", "concurrent",

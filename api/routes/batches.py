@@ -13,16 +13,16 @@ from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.responses import Response
 
-from api.bodycheck import check_json_depth
-from api.deps import AppState, JobsRead, JobsWrite, StateDep, owner_filter
-from api.render import json_response
-from api.schemas import Problem
-from shared.batches import TERMINAL, batch_json, batch_view, n_chunks
-from shared.errors import InvalidInput, MalformedJson, PayloadTooLarge, UnsupportedMediaType
-from shared.files import new_file_id
-from shared.registry import Manifest
-from shared.schema import problem_errors
-from shared.tabular import Format, type_mismatch
+from predq.api.deps import AppState, JobsRead, JobsWrite, StateDep, owner_filter
+from predq.api.jobviews import json_response
+from predq.api.schemas import Problem
+from predq.api.security.bodycheck import check_json_depth
+from predq.shared.batchfiles.batchstore import TERMINAL, batch_json, batch_view, n_chunks
+from predq.shared.batchfiles.filestore import new_file_id
+from predq.shared.batchfiles.tabular import Format, type_mismatch
+from predq.shared.errors import InvalidInput, MalformedJson, PayloadTooLarge, UnsupportedMediaType
+from predq.shared.registry.schema import problem_errors
+from predq.shared.registry.store import Manifest
 
 router = APIRouter(tags=["batches"])
 

@@ -10,13 +10,19 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from api.deps import AppState, JobsRead, JobsWrite, StateDep, owner_filter
-from api.render import json_response
-from api.schemas import Problem
-from shared import batches as bstore
-from shared.errors import JobConflict, PayloadTooLarge, UnsupportedMediaType
-from shared.files import FileStore, file_view
-from shared.tabular import ACCEPTED_TYPES, FORMATS, MEDIA_TYPES, BatchWriter, Format
+from predq.api.deps import AppState, JobsRead, JobsWrite, StateDep, owner_filter
+from predq.api.jobviews import json_response
+from predq.api.schemas import Problem
+from predq.shared.batchfiles import batchstore as bstore
+from predq.shared.batchfiles.filestore import FileStore, file_view
+from predq.shared.batchfiles.tabular import (
+    ACCEPTED_TYPES,
+    FORMATS,
+    MEDIA_TYPES,
+    BatchWriter,
+    Format,
+)
+from predq.shared.errors import JobConflict, PayloadTooLarge, UnsupportedMediaType
 
 router = APIRouter(tags=["files"])
 

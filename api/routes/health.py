@@ -10,9 +10,9 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from api.deps import StateDep
-from api.problems import PROBLEM
-from shared.keys import WORKER_ALIVE_BEATS
+from predq.api.deps import StateDep
+from predq.api.problems import PROBLEM
+from predq.shared.jobstore.keys import WORKER_ALIVE_BEATS
 
 router = APIRouter(tags=["operations"])
 

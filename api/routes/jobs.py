@@ -14,18 +14,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from typing_extensions import TypedDict
 
-from api.bodycheck import check_json_depth
-from api.deps import AppState, JobsRead, JobsWrite, ModelsRead, StateDep, owner_filter
-from api.render import job_json, job_links, json_response
-from api.schemas import BatchStats, Job, JobAccepted, PredictResult, Problem
-from shared.errors import (
+from predq.api.deps import AppState, JobsRead, JobsWrite, ModelsRead, StateDep, owner_filter
+from predq.api.jobstore import is_terminal
+from predq.api.jobviews import job_json, job_links, json_response
+from predq.api.schemas import BatchStats, Job, JobAccepted, PredictResult, Problem
+from predq.api.security.bodycheck import check_json_depth
+from predq.shared.errors import (
     InvalidInput,
     MalformedJson,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from shared.jobs import is_terminal
-from shared.schema import ParsedJob, is_json_error
+from predq.shared.registry.schema import ParsedJob, is_json_error
 
 router = APIRouter(tags=["jobs"])
 
@@ -200,7 +200,7 @@ async def predict(name: str, request: Request, state: StateDep, principal: JobsW
 
 
 def _failed_problem(job: dict[str, Any]) -> Response:
-    from api.problems import problem
+    from predq.api.problems import problem
 
     err = job.get("error") or {}
     if job["status"] in ("cancelled", "expired"):

@@ -16,11 +16,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from api.deps import StateDep
-from shared.exposition import ClusterSnapshot, render_cluster
-from shared.keys import WORKER_ALIVE_BEATS, Keys
-from shared.metrics import CONTENT_TYPE, UNACKED_KEY, HttpMetrics, broker_lists
-from shared.settings import Settings
+from predq.api.deps import StateDep
+from predq.api.observability.exposition import ClusterSnapshot, render_cluster
+from predq.shared.jobstore.keys import WORKER_ALIVE_BEATS, Keys
+from predq.shared.observability.metrics import CONTENT_TYPE, UNACKED_KEY, HttpMetrics, broker_lists
+from predq.shared.settings import Settings
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("predq.api")

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import AppState, ModelsRead, StateDep
-from api.schemas import ModelDetail, ModelSummary
-from shared.registry import Manifest
+from predq.api.deps import AppState, ModelsRead, StateDep
+from predq.api.schemas import ModelDetail, ModelSummary
+from predq.shared.registry.store import Manifest
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

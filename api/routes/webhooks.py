@@ -11,10 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Header, Query
 from starlette.responses import Response
 
-from api.deps import Admin, AppState, StateDep
-from api.render import job_json, json_response
-from api.schemas import DeadLetters, Job, Problem, WebhookEvent
-from shared.webhook_ops import dead_letters, redeliver, submit_guard
+from predq.api.deps import Admin, AppState, StateDep
+from predq.api.jobviews import job_json, json_response
+from predq.api.schemas import DeadLetters, Job, Problem, WebhookEvent
+from predq.api.webhook_admin import dead_letters, redeliver, submit_guard
 
 router = APIRouter(tags=["webhooks"])
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.app import create_app
-from shared.settings import Settings
+from predq.api.app import create_app
+from predq.shared.settings import Settings
 
 ApiFactory = Callable[..., Any]
 

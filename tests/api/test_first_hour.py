@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from predq.api.security.apikeys import key_spec
 from predq.demo import iris_sample_rows
-from shared.auth import key_spec
 
 pytestmark = pytest.mark.integration
 

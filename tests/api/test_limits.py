@@ -10,9 +10,9 @@ import httpx
 import orjson
 import pytest
 
-from api.app import create_app
+from predq.api.app import create_app
 from predq.demo import iris_sample_rows
-from shared.settings import Settings
+from predq.shared.settings import Settings
 
 pytestmark = pytest.mark.integration
 JSON = {"content-type": "application/json"}

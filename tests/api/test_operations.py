@@ -16,7 +16,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from predq.demo import iris_sample_rows
-from shared.keys import Keys
+from predq.shared.jobstore.keys import Keys
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """One handler answers every named error: status, title, detail and headers come from the error.
 
-A bare FastAPI app with ``api.problems.install`` and one route that raises what it is told to:
-no Redis, no lifespan. Every class in ``shared.errors`` is checked, so an error added there is
+A bare FastAPI app with ``predq.api.problems.install`` and one route that raises what it is told to:
+no Redis, no lifespan. Every class in ``predq.shared.errors`` is checked, so an error added there is
 checked too.
 """
 
@@ -16,11 +16,11 @@ import pytest
 import redis.exceptions
 from fastapi import FastAPI
 
-from api import problems
-from api.app import create_app
-from shared import errors
-from shared.errors import PredqError, RetryLater
-from shared.settings import Settings
+from predq.api import problems
+from predq.api.app import create_app
+from predq.shared import errors
+from predq.shared.errors import PredqError, RetryLater
+from predq.shared.settings import Settings
 
 NAMED = sorted((c for c in vars(errors).values()
                 if isinstance(c, type) and issubclass(c, PredqError)), key=lambda c: c.__name__)

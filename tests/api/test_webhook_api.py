@@ -114,7 +114,7 @@ async def test_admin_routes_answer_conflicts_clearly(api: Any) -> None:
 
 
 async def test_admin_routes_need_the_admin_scope(api: Any) -> None:
-    from shared.auth import key_spec, new_key
+    from predq.api.security.apikeys import key_spec, new_key
 
     key = new_key()
     user = key_spec("user", key, ("jobs:write", "jobs:read", "models:read"))

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 
 def local_model(registry: Any) -> Any:
-    from shared.serialization import load_estimator
+    from predq.shared.registry.serialization import load_estimator
 
     manifest = registry.resolve("iris")
     return load_estimator(registry.artifact_path(manifest), fmt=manifest.format,
@@ -221,7 +221,7 @@ def admin_only_key(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
     """A key with only models:read, added to the test's key set (before the stack starts)."""
     import orjson
 
-    from shared.auth import key_spec, new_key
+    from predq.api.security.apikeys import key_spec, new_key
 
     plain = new_key()
     specs = orjson.loads(env["PREDQ_API_KEYS"])

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from predq.demo import iris_sample_rows, mixed_sample_rows
-from shared.registry import Registry
-from shared.serialization import load_estimator
+from predq.shared.registry.serialization import load_estimator
+from predq.shared.registry.store import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.docs import ASSETS_URL
+from predq.api.docs import ASSETS_URL
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -18,7 +18,7 @@ import pytest
 from predq.demo import iris_sample_rows
 from predq.procs import wait_for_url
 from predq.redis_server import free_port
-from shared.registry import Registry
+from predq.shared.registry.store import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -105,7 +105,7 @@ def test_flower_refuses_to_listen_beyond_loopback_without_basic_auth(
     from click.testing import CliRunner
 
     from predq.cli import main
-    from shared.settings import get_settings
+    from predq.shared.settings import get_settings
 
     for name in [n for n in os.environ if n.startswith("PREDQ_")]:
         monkeypatch.delenv(name)
@@ -163,7 +163,7 @@ def test_flower_without_a_login_says_its_http_api_needs_one(
 
     import predq.procs_cmd as procs_cmd
     from predq.cli import main
-    from shared.settings import get_settings
+    from predq.shared.settings import get_settings
 
     for name in [n for n in os.environ if n.startswith("PREDQ_")]:
         monkeypatch.delenv(name)

@@ -154,7 +154,7 @@ def test_models_are_described_with_their_schema(stack: Any) -> None:
 
 
 def test_the_api_never_imports_model_code() -> None:
-    code = ("import sys; from api.app import create_app; create_app(); "
+    code = ("import sys; from predq.api.app import create_app; create_app(); "
             "bad = [m for m in ('sklearn', 'joblib', 'worker') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from predq.demo import iris_sample_rows, train_demo_model
-from shared.errors import ModelNotFound, RegistryError, VersionNotFound
-from shared.registry import Registry
-from shared.serialization import dump_estimator
-from worker.cache import ModelCache
+from predq.shared.errors import ModelNotFound, RegistryError, VersionNotFound
+from predq.shared.registry.serialization import dump_estimator
+from predq.shared.registry.store import Registry
+from predq.worker.model_cache import ModelCache
 
 pytestmark = pytest.mark.integration
 

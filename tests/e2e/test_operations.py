@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from predq.demo import iris_sample_rows, mixed_sample_rows
-from shared.registry import Registry
+from predq.shared.registry.store import Registry
 from tests.helpers.faulty import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

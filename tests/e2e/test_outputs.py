@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from shared.registry import Registry
+from predq.shared.registry.store import Registry
 from tests.worker.test_outputs import NASTY_CLASSES, tied_hgb
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -17,9 +17,9 @@ import orjson
 import pytest
 import redis
 
+from predq.api.security.apikeys import key_spec, new_key
 from predq.demo import iris_sample_rows
-from shared.auth import key_spec, new_key
-from shared.settings import Settings
+from predq.shared.settings import Settings
 from tests.helpers.rawhttp import stream_request, zero_chunks
 
 pytestmark = pytest.mark.integration

@@ -224,8 +224,8 @@ def app_client(registry_with_models: Any, settings_env: dict[str, str]
 
     import httpx
 
-    from api.app import create_app
-    from shared.settings import Settings
+    from predq.api.app import create_app
+    from predq.shared.settings import Settings
 
     m = registry_with_models.resolve("iris", "1")
     registry_with_models.push(registry_with_models.artifact_path(m), "iris")  # a version 2

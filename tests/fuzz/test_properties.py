@@ -30,12 +30,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import codec
-from shared.errors import InvalidInput
-from shared.registry import Feature, Manifest, Registry
-from shared.schema import FLOAT32_MAX, ModelSchema
-from shared.serialization import load_estimator
-from worker.predict import Job, build_frame, predict_jobs
+from predq.shared.errors import InvalidInput
+from predq.shared.jobstore import codec
+from predq.shared.registry.schema import FLOAT32_MAX, ModelSchema
+from predq.shared.registry.serialization import load_estimator
+from predq.shared.registry.store import Feature, Manifest, Registry
+from predq.worker.predict import Job, build_frame, predict_jobs
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from predq.cli import main
-from shared.settings import get_settings
+from predq.shared.settings import get_settings
 
 
 def test_open_api_on_a_public_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

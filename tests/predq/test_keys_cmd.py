@@ -8,11 +8,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from predq.api.security.apikeys import KeyRing, hash_key
 from predq.cli import main
 from predq.keys_cmd import DEV_KEY_NAME, dev_api_key
 from predq.procs_cmd import demo_curl
-from shared.auth import KeyRing, hash_key
-from shared.settings import ALL_SCOPES, Settings, get_settings
+from predq.shared.settings import ALL_SCOPES, Settings, get_settings
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 
 from predq.demo import iris_sample_rows, train_demo_model, train_mixed_pipeline
 from predq.models_cmd import models
-from shared.serialization import dump_estimator
-from shared.settings import get_settings
+from predq.shared.registry.serialization import dump_estimator
+from predq.shared.settings import get_settings
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ def test_two_servers_never_share_a_dir(
 def test_appendfsync_always_fsyncs_every_write_and_survives_a_sigkill(
     start_redis: Callable[..., RedisServer],
 ) -> None:
-    """What ``predq up`` starts with PREDQ_DURABLE_SUBMIT on (shared.durability)."""
+    """What ``predq up`` starts with PREDQ_DURABLE_SUBMIT on (predq.shared.jobstore.durability)."""
     server = start_redis(appendonly=True, appendfsync="always")
     with server.client() as client:
         cfg = client.config_get("append*")

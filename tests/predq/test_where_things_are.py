@@ -18,12 +18,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from predq import stack
+from predq.api.security.apikeys import KeyRing, hash_key
 from predq.cli import main
 from predq.demo import train_demo_model
 from predq.keys_cmd import dev_api_key, dev_key_path
-from shared.auth import KeyRing, hash_key
-from shared.serialization import dump_estimator
-from shared.settings import Settings, get_settings, setting_sources
+from predq.shared.registry.serialization import dump_estimator
+from predq.shared.settings import Settings, get_settings, setting_sources
 
 
 @pytest.fixture

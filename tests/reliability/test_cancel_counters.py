@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from shared.keys import Keys
+from predq.shared.jobstore.keys import Keys
 from tests.reliability.conftest import Api, broker_state, irows, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -77,7 +77,7 @@ def test_the_unqueued_mark_lives_until_the_message_is_claimed(settings_env: dict
     """The store's scripts alone (a real Redis): the mark a cancel leaves is removed by the
     claim of the job's message, whether the record is still there or expired, so nothing
     per job stays behind; and the rows are counted off exactly once either way."""
-    from shared.store import Scripts
+    from predq.shared.jobstore.scripts import Scripts
 
     client = redis.Redis.from_url(settings_env["PREDQ_REDIS_URL"])
     k = Keys(settings_env["PREDQ_KEY_PREFIX"])

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import redis
 
-from shared.messages import predict_message
+from predq.shared.jobstore.messages import predict_message
 from tests.helpers.events import EventLog
 from tests.helpers.killer import traced
 from tests.reliability.conftest import broker_state, diagnose, job_hash, wait_until, xrows

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.durability import Durability
-from shared.errors import NotDurable
+from predq.shared.errors import NotDurable
+from predq.shared.jobstore.durability import Durability
 from tests.reliability.conftest import irows
 
 CLIENTS = 6

@@ -52,10 +52,10 @@ def _lose_a_message(url: str, prefix: str, queue: str) -> str:
     it: written by the job store's submit script, its message pushed to an unread list."""
     import uuid
 
-    from shared import codec
-    from shared.keys import Keys
-    from shared.messages import predict_message
-    from shared.store import QUEUED, Scripts, now_iso
+    from predq.shared.jobstore import codec
+    from predq.shared.jobstore.keys import Keys
+    from predq.shared.jobstore.messages import predict_message
+    from predq.shared.jobstore.scripts import QUEUED, Scripts, now_iso
 
     rows = irows(3, seed=99)
     names = list(rows[0])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared import codec
+from predq.shared.jobstore import codec
 
 
 def test_round_trip_keeps_types_and_order() -> None:

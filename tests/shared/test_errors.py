@@ -1,11 +1,11 @@
-"""shared.errors: every named error carries its HTTP status, title and headers."""
+"""predq.shared.errors: every named error carries its HTTP status, title and headers."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared import errors
-from shared.errors import PredqError, QueueFull, RateLimited, RetryLater, StoreUnavailable
+from predq.shared import errors
+from predq.shared.errors import PredqError, QueueFull, RateLimited, RetryLater, StoreUnavailable
 
 NAMED = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, PredqError)]
 

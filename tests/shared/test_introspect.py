@@ -22,9 +22,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from predq.demo import train_mixed_pipeline
-from shared.errors import RegistryError, UnsupportedModel
-from shared.introspect import infer_manifest_fields, read_sample_csv
-from shared.registry import Feature
+from predq.introspect import infer_manifest_fields, read_sample_csv
+from predq.shared.errors import RegistryError, UnsupportedModel
+from predq.shared.registry.store import Feature
 
 RNG = np.random.RandomState(0)
 X_NUM = RNG.normal(size=(60, 3))

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import jsondepth
-from shared.jsondepth import location_of, too_deep_at
+from predq.api.security import jsondepth
+from predq.api.security.jsondepth import location_of, too_deep_at
 
 # Strings full of the bytes a naive scan would trip on.
 _TRICKY = st.text(alphabet=st.sampled_from('[]{}"\\ab\u00e9\u2028'), max_size=8)

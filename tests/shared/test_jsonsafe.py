@@ -1,4 +1,5 @@
-"""shared.jsonsafe: which free-form values cannot be stored exactly, and where they are."""
+"""predq.shared.registry.jsonsafe: which free-form values cannot be stored exactly, and where they
+are."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import orjson
 
-from shared.jsonsafe import INT_MAX, INT_MIN, unsafe_values
+from predq.shared.registry.jsonsafe import INT_MAX, INT_MIN, unsafe_values
 
 
 def test_each_unsafe_value_is_named_with_its_path_in_document_order() -> None:

@@ -1,4 +1,4 @@
-"""shared.logging: JSON or text lines with context fields, and secrets masked."""
+"""predq.shared.observability.logs: JSON or text lines with context fields, and secrets masked."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.logging import RedactSecrets, TextFormatter, _json_formatter, configure_logging
-from shared.settings import Settings
+from predq.shared.observability.logs import (
+    RedactSecrets,
+    TextFormatter,
+    _json_formatter,
+    configure_logging,
+)
+from predq.shared.settings import Settings
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import orjson
 import redis
 from celery import Celery
 
-from shared.messages import PREDICT_TASK, predict_message
+from predq.shared.jobstore.messages import PREDICT_TASK, predict_message
 
 
 def test_message_matches_celerys_own(redis_url: str) -> None:

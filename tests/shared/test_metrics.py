@@ -1,4 +1,5 @@
-"""shared.metrics: Redis-backed cluster metrics and their Prometheus rendering."""
+"""predq.shared.observability.metrics: Redis-backed cluster metrics and their Prometheus
+rendering."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import metrics as m
-from shared.exposition import ClusterSnapshot, render_cluster
-from shared.keys import Keys
+from predq.api.observability.exposition import ClusterSnapshot, render_cluster
+from predq.shared.jobstore.keys import Keys
+from predq.shared.observability import metrics as m
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -1,4 +1,4 @@
-"""shared.redis_conn: plain Redis and Redis Sentinel, down to a job run through a Sentinel."""
+"""predq.shared.redis_conn: plain Redis and Redis Sentinel, down to a job run through a Sentinel."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import pytest
 from predq.demo import iris_sample_rows
 from predq.procs import Supervisor, tail_file
 from predq.redis_server import RedisServer, find_redis_server, free_port
-from shared.redis_conn import (
+from predq.shared.redis_conn import (
     async_client,
     celery_transport_options,
     parse_sentinel_url,
     sync_client,
 )
-from shared.registry import Registry
-from shared.settings import Settings
+from predq.shared.registry.store import Registry
+from predq.shared.settings import Settings
 
 
 def test_parse_kombu_style_sentinel_urls() -> None:

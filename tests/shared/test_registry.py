@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from shared.errors import IntegrityError, ModelNotFound, RegistryError, VersionNotFound
-from shared.registry import Manifest, Registry, sha256_file
-from shared.serialization import load_estimator
+from predq.shared.errors import IntegrityError, ModelNotFound, RegistryError, VersionNotFound
+from predq.shared.registry.serialization import load_estimator
+from predq.shared.registry.store import Manifest, Registry, sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -275,7 +275,7 @@ def test_push_with_sample_csv(registry: Registry, tmp_path: Path) -> None:
 
 def test_registry_module_does_not_import_model_libraries() -> None:
     code = (
-        "import sys, shared.registry, predq.models_cmd, predq.demo\n"
+        "import sys, predq.shared.registry.store, predq.models_cmd, predq.demo\n"
         "bad = {'sklearn', 'numpy', 'joblib', 'pandas'} & set(sys.modules)\n"
         "assert not bad, bad\n"
     )

@@ -25,11 +25,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from shared import runtimes
-from shared.errors import RegistryError
-from shared.introspect import infer_manifest_fields
-from shared.registry import Manifest, Registry
-from shared.runtimes import RuntimeRecord, TreeliteRuntime
+from predq.introspect import infer_manifest_fields
+from predq.shared.errors import RegistryError
+from predq.shared.registry import runtimes
+from predq.shared.registry.runtimes import RuntimeRecord, TreeliteRuntime
+from predq.shared.registry.store import Manifest, Registry
 
 
 def _iris() -> tuple[pd.DataFrame, np.ndarray]:
@@ -282,7 +282,7 @@ def test_a_runtime_verified_with_another_treelite_falls_back_to_sklearn(
 
 
 def test_the_model_cache_serves_the_runtime(tmp_path: Path) -> None:
-    from worker.cache import ModelCache
+    from predq.worker.model_cache import ModelCache
 
     registry = Registry(tmp_path / "reg")
     manifest, model = _manifest_with(registry, tmp_path)

@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
-from shared import codec
-from shared.errors import InvalidInput
-from shared.registry import Feature, Manifest
-from shared.schema import ModelSchema, is_json_error
+from predq.shared.errors import InvalidInput
+from predq.shared.jobstore import codec
+from predq.shared.registry.schema import ModelSchema, is_json_error
+from predq.shared.registry.store import Feature, Manifest
 
 
 def manifest(features: list[Feature], *, accepts_missing: bool = False) -> Manifest:
@@ -174,7 +174,7 @@ def test_integer_features_accept_integral_floats_only() -> None:
 
 
 def test_example_row_is_accepted() -> None:
-    from shared.schema import example_row
+    from predq.shared.registry.schema import example_row
 
     features = [*NUM, CAT, INT,
                 Feature(name="flag", type="boolean", required=True),

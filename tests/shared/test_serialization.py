@@ -16,9 +16,9 @@ from sklearn.exceptions import InconsistentVersionWarning
 from sklearn.linear_model import LogisticRegression
 
 from predq.demo import train_demo_model
-from shared.errors import IntegrityError, RegistryError
-from shared.registry import Registry, sha256_file
-from shared.serialization import dump_estimator, load_estimator
+from predq.shared.errors import IntegrityError, RegistryError
+from predq.shared.registry.serialization import dump_estimator, load_estimator
+from predq.shared.registry.store import Registry, sha256_file
 
 X = pd.DataFrame({"a": np.linspace(-1, 1, 20), "b": np.linspace(1, 0, 20)})
 Y = (X["a"] > 0).astype(int)

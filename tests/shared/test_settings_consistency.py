@@ -9,7 +9,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from shared.settings import Settings
+from predq.shared.settings import Settings
 
 
 def test_the_defaults_agree_with_each_other() -> None:

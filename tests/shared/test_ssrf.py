@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.ssrf import AllowList, BlockedAddress, UnsafeUrl, check_url, resolve
+from predq.shared.webhooks.ssrf import AllowList, BlockedAddress, UnsafeUrl, check_url, resolve
 from tests.helpers.netguard import loopback_only
 
 OFF = AllowList.parse([])

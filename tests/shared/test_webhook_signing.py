@@ -11,8 +11,8 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.settings import Settings
-from shared.webhooks import headers, payload, sign, webhook_id
+from predq.shared.settings import Settings
+from predq.shared.webhooks.signing import headers, payload, sign, webhook_id
 
 
 def new_secret(n: int = 32) -> str:

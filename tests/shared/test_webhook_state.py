@@ -8,7 +8,14 @@ from email.utils import format_datetime
 
 import pytest
 
-from shared.webhook_state import (
+from predq.shared.webhooks.signing import (
+    JITTER,
+    RETRY_AFTER_CAP_S,
+    Outcome,
+    next_delay,
+    parse_retry_after,
+)
+from predq.shared.webhooks.state import (
     DELIVERED,
     DELIVERING,
     FAILED,
@@ -20,7 +27,6 @@ from shared.webhook_state import (
     record,
     reopen,
 )
-from shared.webhooks import JITTER, RETRY_AFTER_CAP_S, Outcome, next_delay, parse_retry_after
 
 SCHEDULE = [0, 5, 300, 1800, 7200]
 JOB = "8eee5320-1f83-442d-b857-81b5476c3612"

@@ -13,16 +13,16 @@ import orjson
 import pytest
 import redis
 
-from shared.keys import Keys
-from shared.messages import WEBHOOK_TASK
-from shared.settings import Settings
-from shared.store import VIEW_FIELDS, decode_fields
-from shared.views import job_json
-from shared.webhook_state import DELIVERING, due_member, initial
+from predq.shared.jobstore.keys import Keys
+from predq.shared.jobstore.messages import WEBHOOK_TASK
+from predq.shared.jobstore.scripts import VIEW_FIELDS, decode_fields
+from predq.shared.jobstore.views import job_json
+from predq.shared.settings import Settings
+from predq.shared.webhooks.state import DELIVERING, due_member, initial
+from predq.worker.webhook_delivery import Deliverer, poison_webhook, webhook_for
+from predq.worker.webhook_task import WebhookRunner
 from tests.helpers.netguard import loopback_only
 from tests.webhooks.conftest import ReceiverProc
-from worker.delivery import Deliverer, poison_webhook, webhook_for
-from worker.webhooks import WebhookRunner
 
 OUTPUTS = [{"label": "setosa", "probabilities": {"setosa": 0.9, "versicolor": 0.1}}]
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis
 
-from api.schemas import Job, WebhookEvent
+from predq.api.schemas import Job, WebhookEvent
 from predq.demo import iris_sample_rows
 from tests.webhooks.conftest import ReceiverProc
 

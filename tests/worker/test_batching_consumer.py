@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from worker.batching import PredictBatches
+from predq.worker.batching.consumer import PredictBatches
 
 _jobs = itertools.count()
 
@@ -151,7 +151,7 @@ def make(limit: int = 1) -> tuple[PredictBatches, Pool, Timer, Any]:
 
     def start() -> Any:
         nonlocal handler
-        import worker.batching as b
+        import predq.worker.batching.consumer as b
 
         real = b.request_factory
         b.request_factory = lambda *a: (lambda message, body, ack, reject: message)

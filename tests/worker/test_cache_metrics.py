@@ -18,8 +18,13 @@ import joblib
 import pytest
 import redis
 
-from shared.keys import Keys
-from shared.metrics import CACHE_HITS, CACHE_LOADS, MODEL_LOAD_SECONDS, sample_field
+from predq.shared.jobstore.keys import Keys
+from predq.shared.observability.metrics import (
+    CACHE_HITS,
+    CACHE_LOADS,
+    MODEL_LOAD_SECONDS,
+    sample_field,
+)
 from tests.reliability.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

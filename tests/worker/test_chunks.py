@@ -1,9 +1,11 @@
 """A chunk's vectorized validation accepts exactly what the JSON path accepts (issue 12).
 
-The same rows go through ``shared.schema.ModelSchema.parse`` (a JSON job) and through
-``worker.chunk_validation`` as a JSON Lines chunk (both its columnar path and its line-by-line
+The same rows go through ``predq.shared.registry.schema.ModelSchema.parse`` (a JSON job) and through
+``predq.worker.batchfiles.validation`` as a JSON Lines chunk (both its columnar path and its
+line-by-line
 path) and as a typed Parquet-like table: every row is accepted by all or refused by all, and
-a refused row's error names the same field. Plus the file-format helpers of ``shared.tabular``.
+a refused row's error names the same field. Plus the file-format helpers of
+``predq.shared.batchfiles.tabular``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from shared.errors import InvalidInput
-from shared.registry import Feature, Manifest
-from shared.schema import ModelSchema
-from shared.tabular import BadFile, inspect, sniff
-from worker.chunk_validation import _validate_each_line, validate, validate_lines
+from predq.shared.batchfiles.tabular import BadFile, inspect, sniff
+from predq.shared.errors import InvalidInput
+from predq.shared.registry.schema import ModelSchema
+from predq.shared.registry.store import Feature, Manifest
+from predq.worker.batchfiles.validation import _validate_each_line, validate, validate_lines
 
 MAX_STRING = 8
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from predq.demo import iris_sample_rows
-from shared.keys import Keys
+from predq.shared.jobstore.keys import Keys
+from predq.worker.batching.consumer import PredictBatches
+from predq.worker.reaper import reap
 from tests.worker.test_predict import env_, job, submit  # noqa: F401 - the fixture
-from worker.batching import PredictBatches
-from worker.reaper import reap
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from shared import codec
-from shared.registry import Feature, Manifest
-from shared.schema import ModelSchema
-from worker import render
-from worker.predict import Job, predict_jobs
+from predq.shared.jobstore import codec
+from predq.shared.registry.schema import ModelSchema
+from predq.shared.registry.store import Feature, Manifest
+from predq.worker import outputs as render
+from predq.worker.predict import Job, predict_jobs
 
 #: Class names that broke the bytes template or could: format directives, quotes,
 #: backslashes, control characters, unicode, a 300-character name.

@@ -11,15 +11,15 @@ import pytest
 import redis
 
 from predq.demo import iris_sample_rows
-from shared.keys import Keys
-from shared.messages import predict_message
-from shared.registry import Registry
-from shared.schema import ModelSchema
-from shared.settings import Settings
-from shared.store import Scripts
+from predq.shared.jobstore.keys import Keys
+from predq.shared.jobstore.messages import predict_message
+from predq.shared.jobstore.scripts import Scripts
+from predq.shared.registry.schema import ModelSchema
+from predq.shared.registry.store import Registry
+from predq.shared.settings import Settings
+from predq.worker.model_cache import ModelCache
+from predq.worker.predict import BatchPredictor
 from tests.helpers.faulty import train
-from worker.cache import ModelCache
-from worker.predict import BatchPredictor
 
 pytestmark = pytest.mark.integration
 

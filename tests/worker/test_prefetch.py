@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.settings import Settings
-from worker.app import create_app
+from predq.shared.settings import Settings
+from predq.worker.app import create_app
 
 
 @pytest.mark.parametrize(("configured", "started"), [(1, 3), (4, 1), (2, 2)])
@@ -27,7 +27,7 @@ def test_prefetch_is_sized_from_the_real_pool(configured: int, started: int,
 
 
 def test_the_kombu_floor_has_the_restore_sweep_options() -> None:
-    """worker.app sets unacked_restore_interval/_throttle (recovery after a worker dies in
+    """predq.worker.app sets unacked_restore_interval/_throttle (recovery after a worker dies in
     about PREDQ_VISIBILITY_TIMEOUT_S, not ~100 s): kombu reads them from 5.7 on, so that is
     the floor pyproject.toml must require (and the installed kombu must have them)."""
     import re

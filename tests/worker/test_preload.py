@@ -14,13 +14,13 @@ import pytest
 import redis
 
 from predq.demo import iris_sample_rows
-from shared.keys import Keys
-from shared.messages import predict_message
-from shared.metrics import sample_field
-from shared.registry import Registry
-from shared.schema import ModelSchema
-from shared.settings import Settings
-from shared.store import Scripts
+from predq.shared.jobstore.keys import Keys
+from predq.shared.jobstore.messages import predict_message
+from predq.shared.jobstore.scripts import Scripts
+from predq.shared.observability.metrics import sample_field
+from predq.shared.registry.schema import ModelSchema
+from predq.shared.registry.store import Registry
+from predq.shared.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from predq.demo import iris_sample_rows, mixed_sample_rows
-from shared.keys import Keys
-from shared.registry import Registry
+from predq.shared.jobstore.keys import Keys
+from predq.shared.registry.store import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

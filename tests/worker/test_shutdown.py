@@ -17,8 +17,8 @@ import joblib
 import pytest
 import redis
 
-from shared.keys import Keys
-from shared.registry import Registry
+from predq.shared.jobstore.keys import Keys
+from predq.shared.registry.store import Registry
 from tests.helpers.faulty import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -87,7 +87,8 @@ def test_sigterm_finishes_the_running_batch_and_returns_the_buffer(
         assert statuses(r, keys, head) == ["succeeded"]
         assert set(statuses(r, keys, rest)) == {"queued"}
         assert r.llen(queue) == len(rest)
-        # (Jobs still in the consumer's buffer are requeued by worker.lifecycle; batches handed
+        # (Jobs still in the consumer's buffer are requeued by predq.worker.lifecycle; batches
+        # handed
         # to the busy pool but not started are dropped by Celery and restored by kombu.)
         assert r.zcard(keys.workers_alive()) == 0  # the heartbeat went with it
 

@@ -20,15 +20,15 @@ import pytest
 import redis
 
 from predq.demo import iris_sample_rows
-from shared.keys import Keys
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.store import Scripts
+from predq.shared.jobstore.keys import Keys
+from predq.shared.jobstore.scripts import Scripts
+from predq.shared.registry.store import Registry
+from predq.shared.settings import Settings
+from predq.worker.model_cache import ModelCache
+from predq.worker.predict import BatchPredictor
+from predq.worker.timelimit import JobTimeLimit, interruptible, time_limit
 from tests.helpers.faulty import train
 from tests.worker.test_predict import submit
-from worker.cache import ModelCache
-from worker.predict import BatchPredictor
-from worker.timelimit import JobTimeLimit, interruptible, time_limit
 
 LIMIT_S = 0.5
 FAST = [{"x1": 1.0, "x2": 0.0}] * 2

@@ -1,0 +1,1 @@
+"""The API's operations wiring: request metrics and /metrics rendering."""

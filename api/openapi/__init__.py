@@ -1,0 +1,1 @@
+"""The OpenAPI document: per-model schemas and truthful error responses."""

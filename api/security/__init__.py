@@ -1,0 +1,1 @@
+"""The API's security: API keys, rate limiting, body checks."""

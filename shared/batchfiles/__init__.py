@@ -1,0 +1,1 @@
+"""Batch files: the file store, batch records and tabular formats."""

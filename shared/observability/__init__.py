@@ -1,0 +1,1 @@
+"""Observability: the metric catalogue and the log format."""

@@ -1,0 +1,1 @@
+"""Webhooks: Standard Webhooks signing, delivery state, the SSRF guard."""

@@ -1,0 +1,1 @@
+"""Batch files on the worker: chunk tasks, vectorized validation, the lane."""

@@ -1,0 +1,1 @@
+"""The micro-batching Celery consumer: celery-batches adapted to predq."""
