@@ -328,7 +328,9 @@ def test_one_batch_is_split_across_two_workers(api: Any, registry_with_models: A
 def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(
         api: Any, slow_model: Any, start_worker: Any, tmp_path: Path) -> None:
     slow_model(1.5)
-    extra = {"PREDQ_BATCH_CHUNK_ROWS": "100", "PREDQ_VISIBILITY_TIMEOUT_S": "3",
+    # The batch hard time limit (2 x 3 + 3 s) stays below the visibility timeout.
+    extra = {"PREDQ_BATCH_CHUNK_ROWS": "100", "PREDQ_VISIBILITY_TIMEOUT_S": "10",
+             "PREDQ_JOB_TIME_LIMIT_S": "3",
              "PREDQ_PRELOAD_MODELS": "false"}
     client = api(workers=0, **extra)
     victim = start_worker(1, extra_env=extra)

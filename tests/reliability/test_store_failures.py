@@ -30,7 +30,8 @@ def test_flapping_redis_fails_the_job_saying_the_result_could_not_be_stored(
     path = tmp_path / "flaky.joblib"
     joblib.dump(train(hold=0.3), path)
     registry_with_models.push(path, "flaky")
-    s = rstack(concurrency=1, PREDQ_MAX_DELIVERIES="3", PREDQ_VISIBILITY_TIMEOUT_S="120")
+    s = rstack(concurrency=1, PREDQ_MAX_DELIVERIES="3", PREDQ_VISIBILITY_TIMEOUT_S="120",
+               PREDQ_JOB_TIME_LIMIT_S="30")
     job = s.api.submit("flaky", xrows(1))
     view = s.api.wait_all([job], 90)[job]
     prefix = settings_env["PREDQ_KEY_PREFIX"]
