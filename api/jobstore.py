@@ -19,7 +19,6 @@ from predq.shared.jobstore.durability import Durability
 from predq.shared.jobstore.keys import DRAIN_WINDOW_S, Keys
 from predq.shared.jobstore.messages import predict_message
 from predq.shared.jobstore.scripts import (
-    QUEUED,
     TERMINAL,
     VIEW_FIELDS,
     Scripts,
@@ -27,6 +26,7 @@ from predq.shared.jobstore.scripts import (
     drain_bucket,
     now_iso,
 )
+from predq.shared.jobstore.status import JobStatus
 from predq.shared.observability.metrics import JOBS_FINISHED
 from predq.shared.redis_conn import AsyncRedis
 from predq.shared.registry.schema import ParsedJob
@@ -59,7 +59,7 @@ class AsyncJobs:
         fingerprint = hashlib.sha256(model.encode() + b"\0" + fingerprint_of).hexdigest()[:32]
         queue = self.settings.queue_for(model)
         fields: dict[str, Any] = {
-            "status": QUEUED,
+            "status": JobStatus.QUEUED,
             "model": model,
             "version": version,
             "n_inputs": parsed.n_rows,
@@ -163,7 +163,7 @@ def retry_after(excess_rows: int, drained_rows: int) -> int:
 async def queue_position(jobs: AsyncJobs, job: dict[str, Any]) -> dict[str, Any]:
     """``queue_position`` (jobs of this model ahead, approximate) and ``eta_seconds`` of a
     queued job, from the model's sequence counters and its measured drain rate."""
-    if job["status"] != QUEUED or job.get("seq") is None:
+    if job["status"] != JobStatus.QUEUED or job.get("seq") is None:
         return {}
     k = jobs.keys
     model = job["model"]

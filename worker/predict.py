@@ -27,13 +27,12 @@ from redis.exceptions import NoScriptError
 from predq.shared.jobstore import codec
 from predq.shared.jobstore.keys import DRAIN_BUCKET_S, DRAIN_WINDOW_S, RECENT_BATCHES
 from predq.shared.jobstore.scripts import (
-    FAILED,
-    SUCCEEDED,
     Scripts,
     drain_bucket,
     error_payload,
     lease_seconds,
 )
+from predq.shared.jobstore.status import JobStatus
 from predq.shared.registry.store import Manifest
 from predq.shared.settings import Settings
 from predq.worker import outputs as render
@@ -112,8 +111,8 @@ class BatchPredictor:
         elapsed = time.perf_counter() - t0
         for job_id, status, _, payload, _, _ in finished:
             if job_id not in report.outcomes:
-                err = None if status == SUCCEEDED else self._event_error(payload)
-                report.outcomes[job_id] = (SUCCESS if status == SUCCEEDED else FAILURE,
+                err = None if status == JobStatus.SUCCEEDED else self._event_error(payload)
+                report.outcomes[job_id] = (SUCCESS if status == JobStatus.SUCCEEDED else FAILURE,
                                            elapsed, err)
         if self.observer is not None:
             self.observer.log_batch(report, elapsed)
@@ -151,7 +150,7 @@ class BatchPredictor:
                     report.queue_waits.append(_since(claim[3], claimed_at))
             elif code == "poison":
                 report.outcomes[job_id] = (FAILURE, 0.0, "PoisonJob: delivered too many times")
-                report.ended_at_claim.append(FAILED)
+                report.ended_at_claim.append(JobStatus.FAILED)
                 self.on_poison(job_id)
             else:
                 report.outcomes[job_id] = (REVOKED, 0.0, code)
@@ -212,7 +211,8 @@ class BatchPredictor:
         except Exception as e:  # any load failure fails exactly this group's jobs
             log.error("cannot load model %s v%s: %s", model, version, e, exc_info=True)
             msg = f"model {model} v{version} could not be loaded: {type(e).__name__}: {e}"
-            return [(j, FAILED, "error", error_payload("ModelLoadError", msg)) for j in jobs]
+            return [(j, JobStatus.FAILED, "error", error_payload("ModelLoadError", msg))
+                    for j in jobs]
         decoded: list[tuple[Job, dict[str, np.ndarray]]] = []
         results: list[tuple[Job, str, str, bytes]] = []
         for j in jobs:
@@ -222,7 +222,7 @@ class BatchPredictor:
                     raise ValueError(f"stored inputs hold {n} rows, message says {j.n_rows}")
                 decoded.append((j, cols))
             except Exception as e:
-                results.append((j, FAILED, "error", error_payload("BadInputs", str(e))))
+                results.append((j, JobStatus.FAILED, "error", error_payload("BadInputs", str(e))))
         t0 = time.perf_counter()
         report.predicted.update(j.id for j, _ in decoded)
         results += self._limited(manifest, estimator, decoded)
@@ -257,7 +257,7 @@ class BatchPredictor:
             log.warning("job %s of model %s v%s exceeded the time limit: %s", first.id,
                         first.model, first.version, e, extra={"job_id": first.id})
             msg = f"model {first.model} v{first.version}: {e} (PREDQ_JOB_TIME_LIMIT_S)"
-            return [(first, FAILED, "error", error_payload("TimeLimitExceeded", msg))]
+            return [(first, JobStatus.FAILED, "error", error_payload("TimeLimitExceeded", msg))]
 
     def _bisect(self, manifest: Manifest, estimator: Any,
                 decoded: list[tuple[Job, dict[str, np.ndarray]]]
@@ -280,9 +280,9 @@ class BatchPredictor:
                         repr(e) if self.settings.log_inputs else type(e).__name__,
                         extra={"job_id": job.id})
             kind = "OutputMismatch" if isinstance(e, OutputMismatch) else "PredictError"
-            return [(job, FAILED, "error",
+            return [(job, JobStatus.FAILED, "error",
                      error_payload(kind, f"{type(e).__name__}: {e}"[:2000]))]
-        return [(j, SUCCEEDED, "outputs", out) for (j, _), out in zip(decoded, rendered,
+        return [(j, JobStatus.SUCCEEDED, "outputs", out) for (j, _), out in zip(decoded, rendered,
                                                                        strict=True)]
 
 

@@ -22,14 +22,17 @@ import orjson
 
 from predq.shared.jobstore.keys import Keys
 from predq.shared.jobstore.messages import task_message
+from predq.shared.jobstore.status import BATCH_TERMINAL, BatchStatus
+from predq.shared.lua import lua_script
 from predq.shared.webhooks.state import public
 
 SPLIT_TASK = "predq.batch_split"
 CHUNK_TASK = "predq.batch_chunk"
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+    BatchStatus.QUEUED, BatchStatus.RUNNING, BatchStatus.SUCCEEDED, BatchStatus.FAILED,
+    BatchStatus.CANCELLED)
+TERMINAL = BATCH_TERMINAL
 #: The webhook event each terminal status sends.
 EVENT_FOR_STATUS = {SUCCEEDED: "batch.completed", FAILED: "batch.failed"}
 EVENTS = ("batch.completed", "batch.failed")
@@ -43,83 +46,13 @@ _JSON = {"webhook", "metadata", "error", "webhook_state", "columns"}
 _INT = {"total_rows", "done_rows", "failed_rows", "chunks_total", "chunks_done", "chunk_rows"}
 _FLOAT = {"created_at", "started_at", "finished_at", "expires_at"}
 
-# KEYS: batch hash, idempotency key ('' none), owner's index, lane queue, expiry index
-# ARGV: batch_id, expire_at (unix int), message, fingerprint, created_at, field/value...
-# Returns {batch_id, fingerprint}: the new one's, or the one created for that key before.
-_CREATE = """
-if KEYS[2] ~= '' then
-  local prior = redis.call('GET', KEYS[2])
-  if prior then
-    local sep = string.find(prior, '|', 1, true)
-    return {string.sub(prior, 1, sep - 1), string.sub(prior, sep + 1)}
-  end
-  redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[4], 'EXAT', ARGV[2])
-end
-local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIREAT', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
-redis.call('LPUSH', KEYS[4], ARGV[3])
-return {ARGV[1], ARGV[4]}
-"""
+_CREATE = lua_script(__file__, "create")  # lua/create.lua: KEYS, ARGV, returns
 
-# KEYS: batch hash.  ARGV: now.  Returns the status a chunk (or the split) may run under:
-# 'running' (go on), or a terminal status / '' (gone): stop.
-_START = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return '' end
-if st == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-  return 'running'
-end
-return st
-"""
+_START = lua_script(__file__, "start")  # lua/start.lua: KEYS, ARGV, returns
 
-# KEYS: batch hash, done-chunks set.
-# ARGV: chunk number, ok rows, failed rows, now, failure ('' none: JSON error), channel,
-#       batch id, webhook queue ('' none), completed message, failed message.
-# Counts the chunk once; ends the batch when it was the last chunk or when it failed it.
-# Returns the batch's status afterwards, as 'now:<status>' when this call ended it.
-_FINISH = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return '' end
-if st ~= 'running' and st ~= 'queued' then return st end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'done_rows', ARGV[2])
-  redis.call('HINCRBY', KEYS[1], 'failed_rows', ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-  redis.call('EXPIREAT', KEYS[2], math.ceil(tonumber(redis.call('HGET', KEYS[1], 'expires_at'))))
-end
-local final = ''
-local msg = ''
-if ARGV[5] ~= '' then
-  final = 'failed'
-  msg = ARGV[10]
-  redis.call('HSET', KEYS[1], 'error', ARGV[5])
-elseif tonumber(redis.call('HGET', KEYS[1], 'chunks_done')) >=
-       tonumber(redis.call('HGET', KEYS[1], 'chunks_total')) then
-  final = 'succeeded'
-  msg = ARGV[9]
-end
-if final == '' then return 'running' end
-redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[4])
-if ARGV[8] ~= '' and msg ~= '' then redis.call('LPUSH', ARGV[8], msg) end
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-return 'now:' .. final
-"""
+_FINISH = lua_script(__file__, "finish")  # lua/finish.lua: KEYS, ARGV, returns
 
-# KEYS: batch hash.  ARGV: now, channel, batch id.
-# Returns 'cancelled' when this call cancelled it, 'ended:<status>', or '' when gone.
-_CANCEL = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return '' end
-if st ~= 'queued' and st ~= 'running' then return 'ended:' .. st end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 'cancelled'
-"""
+_CANCEL = lua_script(__file__, "cancel")  # lua/cancel.lua: KEYS, ARGV, returns
 
 
 class BatchScripts:

@@ -24,9 +24,11 @@ from typing import Literal
 
 import orjson
 
-COMPLETED, FAILED = "job.completed", "job.failed"
+from predq.shared.jobstore.status import JobStatus, WebhookEvent
+
+COMPLETED, JOB_FAILED = WebhookEvent.JOB_COMPLETED.value, WebhookEvent.JOB_FAILED.value
 #: The events a job can send, by the terminal status that triggers them.
-EVENT_FOR_STATUS = {"succeeded": COMPLETED, "failed": FAILED}
+EVENT_FOR_STATUS: dict[str, str] = {JobStatus.SUCCEEDED: COMPLETED, JobStatus.FAILED: JOB_FAILED}
 #: Each delay of the schedule is multiplied by a uniform factor in [1 - JITTER, 1 + JITTER].
 JITTER = 0.2
 #: A receiver's Retry-After is honoured up to this many seconds.

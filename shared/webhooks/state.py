@@ -30,10 +30,13 @@ from typing import Any, Generic, Literal
 import orjson
 
 from predq.shared.jobstore.keys import Keys
+from predq.shared.jobstore.status import DeliveryState
+from predq.shared.lua import lua_script
 from predq.shared.redis_conn import RedisClient
 from predq.shared.webhooks.signing import Outcome, iso, next_delay, webhook_id
 
-PENDING, DELIVERING, DELIVERED, FAILED = "pending", "delivering", "delivered", "failed"
+PENDING, DELIVERING, DELIVERED = (DeliveryState.PENDING, DeliveryState.DELIVERING,
+                                  DeliveryState.DELIVERED)
 #: Attempt log entries kept per job (older ones are dropped; ``n_attempts`` counts all).
 MAX_ATTEMPTS_KEPT = 50
 #: Marker for :meth:`WebhookStore.cas`: leave the job's due entry as it is.
@@ -42,40 +45,9 @@ KEEP = "-"
 State = dict[str, Any]
 DeadAction = Literal["add", "rem", "keep"]
 
-# KEYS: job hash, due zset, dead zset, webhook queue
-# ARGV: expected state ('' = none yet), new state, due member, due ('' remove, '-' keep,
-#       else a score), dead action ('add' | 'rem' | 'keep'), job id, now, message ('' none)
-# Returns 1 when written, 0 when the state changed meanwhile, -1 when the job is gone.
-_CAS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('ZREM', KEYS[3], ARGV[6])
-  return -1
-end
-if (redis.call('HGET', KEYS[1], 'webhook_state') or '') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'webhook_state', ARGV[2])
-if ARGV[4] == '' then redis.call('ZREM', KEYS[2], ARGV[3])
-elseif ARGV[4] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) end
-if ARGV[5] == 'add' then redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
-elseif ARGV[5] == 'rem' then redis.call('ZREM', KEYS[3], ARGV[6]) end
-if ARGV[8] ~= '' then redis.call('LPUSH', KEYS[4], ARGV[8]) end
-return 1
-"""
+_CAS = lua_script(__file__, "cas")  # lua/cas.lua: KEYS, ARGV, returns
 
-# KEYS: due zset, webhook queue.  ARGV: now, lease_until, then (member, message) pairs.
-# Publishes each member that is still due and re-scores it at the lease; returns how many.
-_PUMP = """
-local n = 0
-for i = 3, #ARGV, 2 do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if score and tonumber(score) <= tonumber(ARGV[1]) then
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
-    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
-    n = n + 1
-  end
-end
-return n
-"""
+_PUMP = lua_script(__file__, "pump")  # lua/pump.lua: KEYS, ARGV, returns
 
 
 def due_member(job_id: str, event: str) -> str:
@@ -110,7 +82,7 @@ def begin(cur: State | None, job_id: str, event: str, now: float, lease_s: float
     if state.get("event") != event:
         return None, f"state belongs to {state.get('event')}"
     status = state["state"]
-    if status in (DELIVERED, FAILED):
+    if status in (DELIVERED, DeliveryState.FAILED):
         return None, f"already {status}"
     if status == DELIVERING:
         if (state.get("lease_until") or 0) > now:
@@ -197,7 +169,7 @@ def _append(state: State, outcome: Outcome, at: float) -> State:
 
 
 def _fail(state: State, detail: str) -> State:
-    state.update(state=FAILED, next_at=None, lease_until=None, detail=detail)
+    state.update(state=DeliveryState.FAILED, next_at=None, lease_until=None, detail=detail)
     return state
 
 

@@ -55,7 +55,8 @@ def _lose_a_message(url: str, prefix: str, queue: str) -> str:
     from predq.shared.jobstore import codec
     from predq.shared.jobstore.keys import Keys
     from predq.shared.jobstore.messages import predict_message
-    from predq.shared.jobstore.scripts import QUEUED, Scripts, now_iso
+    from predq.shared.jobstore.scripts import Scripts, now_iso
+    from predq.shared.jobstore.status import JobStatus
 
     rows = irows(3, seed=99)
     names = list(rows[0])
@@ -66,7 +67,8 @@ def _lose_a_message(url: str, prefix: str, queue: str) -> str:
         reply = Scripts(client, Keys(prefix)).submit(
             job_id=job_id, queue=f"{queue}.void", model="iris", n_rows=len(rows), ttl=3600,
             message=predict_message(job_id, "iris", "1", len(rows), queue),
-            fields={"status": QUEUED, "model": "iris", "version": "1", "n_inputs": len(rows),
+            fields={"status": JobStatus.QUEUED, "model": "iris", "version": "1",
+                    "n_inputs": len(rows),
                     "created_at": now_iso(), "owner": "user", "inputs": inputs,
                     "queue": queue})
         assert reply[0].decode() == job_id, reply

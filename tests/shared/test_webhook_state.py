@@ -8,6 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
+from predq.shared.jobstore.status import DeliveryState
 from predq.shared.webhooks.signing import (
     JITTER,
     RETRY_AFTER_CAP_S,
@@ -18,7 +19,6 @@ from predq.shared.webhooks.signing import (
 from predq.shared.webhooks.state import (
     DELIVERED,
     DELIVERING,
-    FAILED,
     MAX_ATTEMPTS_KEPT,
     PENDING,
     begin,
@@ -115,7 +115,7 @@ def test_duplicates_of_an_in_flight_or_finished_delivery_are_dropped() -> None:
 ])
 def test_final_outcomes_dead_letter_at_once(outcome: Outcome, detail: str) -> None:
     state, due, dead = record(started(), outcome, 100, 101, SCHEDULE)
-    assert state["state"] == FAILED and dead and due is None
+    assert state["state"] == DeliveryState.FAILED and dead and due is None
     assert detail in str(state["detail"])
 
 
@@ -127,14 +127,15 @@ def test_exhausting_the_schedule_dead_letters() -> None:
             assert not dead
             state, _ = begin(state, JOB, EV, 10**9, 70, SCHEDULE)
             assert state is not None
-    assert dead and state["state"] == FAILED and state["detail"] == "gave up after 5 attempts"
+    assert dead and state["state"] == DeliveryState.FAILED
+    assert state["detail"] == "gave up after 5 attempts"
     assert [a["status_code"] for a in state["attempts"]] == [500] * 5
 
 
 def test_a_lost_attempt_counts_and_can_exhaust() -> None:
     state = {**started(100), "tries": len(SCHEDULE) - 1}
     new, why = begin(state, JOB, EV, 1000, 70, SCHEDULE)  # lease ran out long ago
-    assert why == "dead" and new is not None and new["state"] == FAILED
+    assert why == "dead" and new is not None and new["state"] == DeliveryState.FAILED
     assert new["attempts"][-1]["error"].startswith("LostAttempt")
 
 
