@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # ``python bench/batchfile.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from predq.procs import Child, Supervisor, wait_for_url  # noqa: E402
+from predq.push import push_model
 from predq.redis_server import RedisServer, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         artifact, csv, parquet, _ = make_data(tmp, args.rows)
         from predq.shared.registry.store import Registry
 
-        Registry(tmp / "registry").push(artifact, "forest", aliases=("production",))
+        push_model(Registry(tmp / "registry"), artifact, "forest", aliases=("production",))
         redis.start()
         base = {k: v for k, v in os.environ.items() if not k.startswith("PREDQ_")}
         env = {**base, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from predq.push import push_model
+
 
 def _kb(path: str, key: str) -> int:
     try:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     train_model(tmp / "cancer.joblib")
     dump_estimator(train_demo_model(), tmp / "iris.joblib", "joblib")
     for name in ("cancer", "iris"):
-        m = registry.push(tmp / f"{name}.joblib", name)
+        m = push_model(registry, tmp / f"{name}.joblib", name)
         print(f"{name}: runtime {m.runtime.name}, artifact {m.size_bytes / 1e6:.1f} MB")
     with RedisServer(dir=tmp / "redis") as redis:
         env = {**os.environ, "PREDQ_REDIS_URL": redis.url,

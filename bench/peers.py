@@ -43,6 +43,8 @@ from typing import Any
 
 import orjson
 
+from predq.push import push_model
+
 ROOT = Path(__file__).resolve().parents[1]
 PEER_VENV = ROOT / "bench" / ".peers-venv"
 BENTOML_PIN = "bentoml==1.4.40"
@@ -182,7 +184,7 @@ def start_predq(tmp: Path, model_file: Path, runtime: str, log_level: str
     from predq.shared.registry.store import Registry
 
     registry = Registry(tmp / "registry")
-    manifest = registry.push(model_file, MODEL_NAME, runtime=runtime)
+    manifest = push_model(registry, model_file, MODEL_NAME, runtime=runtime)
     log(f"predq: {MODEL_NAME} v{manifest.version} runtime {manifest.runtime.summary()}")
     redis = RedisServer(dir=tmp / "redis").start()
     key = new_key()

@@ -73,6 +73,7 @@ if __package__ in (None, ""):  # ``python bench/run.py``
 from bench import cpu  # noqa: E402
 from bench.load import percentiles  # noqa: E402
 from predq.procs import Child, Supervisor, wait_for_url  # noqa: E402
+from predq.push import push_model
 from predq.redis_server import RedisServer, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -798,7 +799,7 @@ def register_models(root: Path) -> None:
         artifact = Path(d) / "iris.joblib"
         dump_estimator(train_demo_model(), artifact, "joblib")
         for name in MODEL.values():
-            registry.push(artifact, name, aliases=("production",), accepts_missing=False)
+            push_model(registry, artifact, name, aliases=("production",), accepts_missing=False)
 
 
 class Stopped(BaseException):

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from predq.push import push_model
 from predq.shared.errors import ModelNotFound, RegistryError
 from predq.shared.registry.store import Manifest, Registry
 
@@ -55,7 +56,7 @@ def ensure_demo(registry: Registry, name: str = "iris") -> Manifest:
         try:
             # The forest would accept NaN (its allow_nan tag), but a demo whose four
             # measurements are all required shows the API's validation at work.
-            return registry.push(
+            return push_model(registry,
                 artifact, name, aliases=("production",), accepts_missing=False,
                 sample_csv=write_demo_sample(Path(tmp) / "iris.csv"),
             )

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from predq.inspect_cmd import inspect
+from predq.push import push_model
 from predq.shared.errors import ModelNotFound, PredqError, VersionNotFound
 from predq.shared.registry.store import ModelInfo, Registry
 from predq.shared.settings import get_settings
@@ -115,7 +116,7 @@ def push(
     """Register the fitted estimator in PATH as a new version of a model."""
     registry = _registry()
     with _errors(registry):
-        manifest = registry.push(
+        manifest = push_model(registry,
             path,
             name,
             version=version,

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from predq.procs import Child, ChildExited, Supervisor, tail_file, wait_for_url
+from predq.push import push_model
 from predq.redis_server import RedisServer, free_port
 
 if TYPE_CHECKING:
@@ -198,9 +199,9 @@ def _registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dump_estimator(train_demo_model(), iris, "joblib")
     dump_estimator(train_mixed_pipeline(), mixed, "joblib")
     # iris exactly as predq.demo.ensure_demo registers it for `predq up`.
-    registry.push(iris, "iris", aliases=("production",), accepts_missing=False,
+    push_model(registry, iris, "iris", aliases=("production",), accepts_missing=False,
                   sample_csv=write_demo_sample(work / "iris.csv"))
-    registry.push(mixed, "mixed")
+    push_model(registry, mixed, "mixed")
     return registry.root
 
 

@@ -166,3 +166,25 @@ def test_every_module_imports(package: str) -> None:
     result = subprocess.run([sys.executable, "-c", code, *modules], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def _room(module: str) -> str:
+    """api, worker, shared, client, or cli (the rest of predq/)."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in ("api", "worker", "shared", "client"):
+        return parts[1]
+    return "cli"
+
+
+#: Which rooms each room may import (ARCHITECTURE.md: shared imports third-party only; the API
+#: and the workers speak only through Redis; the client needs nothing of the server).
+ALLOWED = {"shared": {"shared"}, "api": {"api", "shared"}, "worker": {"worker", "shared"},
+           "client": {"client"}, "cli": {"cli", "api", "worker", "shared", "client"}}
+
+
+def test_each_room_imports_only_what_it_may() -> None:
+    wrong = [f"{module}:{line} ({where}) imports {target}"
+             for module, imports in GRAPH.items() for target, line, where in imports
+             if _room(target) not in ALLOWED[_room(module)]
+             and target != "predq"]  # the package itself holds only __version__
+    assert not wrong, "\n".join(wrong)

@@ -43,7 +43,7 @@ from predq.shared.registry.manifest import FeatureType as FeatureType
 from predq.shared.registry.manifest import Manifest as Manifest
 from predq.shared.registry.manifest import Scalar as Scalar
 from predq.shared.registry.manifest import sha256_file as sha256_file
-from predq.shared.registry.runtimes import choose
+from predq.shared.registry.manifest import RuntimeRecord
 
 # Starts with a letter, so an alias can never be all digits (and never shadow a version).
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -190,40 +190,9 @@ class Registry:
         data = json.dumps(dict(sorted(aliases.items())), indent=2).encode() + b"\n"
         _write_atomic(self._model_dir(name) / ALIASES_FILE, data)
 
-    def push(
-        self,
-        artifact: Path,
-        name: str,
-        *,
-        version: str | None = None,
-        aliases: Sequence[str] = (),
-        sample_csv: Path | None = None,
-        accepts_missing: bool | None = None,
-        fmt: str | None = None,
-        trusted_types: list[str] | None = None,
-        drop_bad_sample_rows: bool = False,
-        note: Callable[[str], None] | None = None,
-        runtime: str | None = None,
-        tolerance: float | None = None,
-    ) -> Manifest:
-        """Register the estimator in ``artifact`` as a new version of ``name``.
-
-        The estimator is loaded (trusted code: this is an operator action), its manifest
-        inferred, and the artifact stored as ``model.joblib`` (re-dumped uncompressed, so
-        workers can memory-map it) or ``model.skops`` (copied). The version is the next
-        integer unless given; an existing version is never overwritten (:class:`RegistryError`).
-        A sample that contradicts the model is refused unless ``drop_bad_sample_rows``; what
-        push had to drop or warn about goes to ``note``.
-
-        ``runtime`` (None/"auto", "sklearn", "treelite") and ``tolerance`` choose what will
-        compute the outputs; an accelerated runtime is verified against the estimator on the
-        sample and generated rows first (:func:`predq.shared.registry.runtimes.choose`).
-        """
-        # Lazy: these import sklearn, numpy and joblib, which the API must never load.
-        from predq.introspect import infer_manifest_fields, read_sample_csv
-        from predq.shared.registry.serialization import dump_estimator, load_estimator
-
-        artifact = Path(artifact)
+    @staticmethod
+    def check_new_version(name: str, version: str | None, aliases: Sequence[str]) -> None:
+        """Refuse (:class:`RegistryError`) a name, version or alias a new version cannot have."""
         if not NAME_RE.fullmatch(name):
             raise RegistryError(f"invalid model name {_q(name)}: use {NAME_RE.pattern}")
         if version is not None and not re.fullmatch(r"0|[1-9][0-9]{0,17}", version):
@@ -231,21 +200,25 @@ class Registry:
         for alias in aliases:
             if not ALIAS_RE.fullmatch(alias):
                 raise RegistryError(f"invalid alias {_q(alias)}: use {ALIAS_RE.pattern}")
-        fmt = fmt or ("skops" if artifact.suffix == ".skops" else "joblib")
-        if fmt not in ("joblib", "skops"):
-            raise RegistryError(f"unknown format {_q(fmt)}: use joblib or skops")
-        if trusted_types and fmt != "skops":
-            raise RegistryError("trusted types apply to skops artifacts only")
 
-        estimator = load_estimator(
-            artifact, fmt=fmt, expected_sha256=None, trusted_types=trusted_types, mmap=False
-        )
-        sample = read_sample_csv(sample_csv) if sample_csv is not None else None
-        fields = infer_manifest_fields(estimator, sample=sample, accepts_missing=accepts_missing,
-                                       drop_bad_sample_rows=drop_bad_sample_rows, note=note)
-        runtime_record = choose(estimator, fields, sample=sample, requested=runtime,
-                                tolerance=tolerance)
-
+    def add_version(
+        self,
+        name: str,
+        *,
+        version: str | None,
+        aliases: Sequence[str],
+        fmt: str,
+        write_artifact: Callable[[Path], None],
+        fields: dict[str, Any],
+        runtime: RuntimeRecord,
+        trusted_types: list[str] | None = None,
+    ) -> Manifest:
+        """Store a new version of ``name``: ``write_artifact(path)`` writes ``model.<fmt>``,
+        ``fields`` are the inferred manifest fields. The version is the next integer unless
+        given; an existing version is never overwritten (:class:`RegistryError`).
+        ``predq.push.push_model`` (the CLI's side: load, infer, choose the runtime) calls it.
+        """
+        self.check_new_version(name, version, aliases)
         model_dir = self.root / name
         try:
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -257,20 +230,17 @@ class Registry:
         staging.mkdir()
         try:
             stored = staging / f"model.{fmt}"
-            if fmt == "joblib":
-                dump_estimator(estimator, stored, "joblib")  # uncompressed: mmap-able
-            else:
-                shutil.copyfile(artifact, stored)
+            write_artifact(stored)
             manifest = Manifest(
                 name=name,
                 version=version,
-                format=fmt,  # type: ignore[arg-type]  # checked above
+                format=fmt,  # type: ignore[arg-type]  # checked by the caller
                 artifact=stored.name,
                 sha256=sha256_file(stored),
                 size_bytes=stored.stat().st_size,
                 created_at=datetime.now(UTC),
                 trusted_types=list(trusted_types) if trusted_types else None,
-                runtime=runtime_record,
+                runtime=runtime,
                 **fields,
             )
             _write_atomic(staging / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())

@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from predq.demo import iris_sample_rows, mixed_sample_rows
+from predq.push import push_model
 from tests.api.test_bad_input import JSON, assert_problem, queued
 
 pytestmark = pytest.mark.integration
@@ -105,7 +106,7 @@ async def test_lone_surrogates_anywhere_are_a_400_and_nothing_is_queued(
 def iris_v2(registry_with_models: Any) -> Any:
     """A second version of iris (the same estimator): ``production`` stays on 1."""
     m = registry_with_models.resolve("iris", "1")
-    return registry_with_models.push(registry_with_models.artifact_path(m), "iris")
+    return push_model(registry_with_models, registry_with_models.artifact_path(m), "iris")
 
 
 @pytest.mark.parametrize("key", [b'"\\u0076ersion"', b'"vers\\u0069on"',
@@ -185,7 +186,7 @@ async def test_the_same_key_and_body_on_another_model_is_a_409_not_a_relabelled_
         api: Any, registry_with_models: Any, settings_env: dict[str, str]) -> None:
     """Two models with the same features: the body is valid for both."""
     m = registry_with_models.resolve("iris", "1")
-    registry_with_models.push(registry_with_models.artifact_path(m), "iris2")
+    push_model(registry_with_models, registry_with_models.artifact_path(m), "iris2")
     payload = {"inputs": iris_sample_rows(2)}
     key = {"Idempotency-Key": "cross-model-2"}
     async with api() as c:

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from predq.demo import IRIS_FEATURES, iris_sample_rows
+from predq.push import push_model
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 
@@ -288,7 +289,7 @@ def slow_model(registry_with_models: Any, tmp_path: Path) -> Callable[[float], s
 
         path = tmp_path / "slow.joblib"
         joblib.dump(train("slow", delay=delay), path)
-        registry_with_models.push(path, "slow")
+        push_model(registry_with_models, path, "slow")
         return "slow"
     return push
 

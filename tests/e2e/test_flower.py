@@ -17,6 +17,7 @@ import pytest
 
 from predq.demo import iris_sample_rows
 from predq.procs import wait_for_url
+from predq.push import push_model
 from predq.redis_server import free_port
 from predq.shared.registry.store import Registry
 
@@ -128,7 +129,7 @@ def test_a_failed_predict_shows_no_input_value_in_flower_or_the_logs(
 
     artifact = tmp_path / "boom.joblib"
     joblib.dump(train("raise"), artifact)
-    registry_with_models.push(artifact, "boom")
+    push_model(registry_with_models, artifact, "boom")
     extra = {"PREDQ_AUTH_ENABLED": "false", "PREDQ_FLOWER_BASIC_AUTH": ":".join(AUTH)}
     worker = start_worker(1, extra_env=extra)
     flower = start_flower(processes, env, tmp_path, extra)

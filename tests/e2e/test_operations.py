@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from predq.demo import iris_sample_rows, mixed_sample_rows
+from predq.push import push_model
 from predq.shared.registry.store import Registry
 from tests.helpers.faulty import train
 
@@ -105,7 +106,7 @@ def test_metrics_move_after_real_traffic(registry_with_models: Registry, env: di
                                          start_worker: Callable[..., Any]) -> None:
     faulty = tmp_path / "faulty.joblib"
     joblib.dump(train("raise"), faulty)
-    registry_with_models.push(faulty, "faulty")
+    push_model(registry_with_models, faulty, "faulty")
     parked = f"{env['PREDQ_DEFAULT_QUEUE']}-parked"  # a queue no worker serves
     extra = {**NO_AUTH, "PREDQ_MODEL_QUEUES": json.dumps({"mixed": parked})}
     start_worker(1, queues=[env["PREDQ_DEFAULT_QUEUE"], env["PREDQ_WEBHOOK_QUEUE"]],

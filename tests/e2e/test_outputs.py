@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from predq.push import push_model
 from predq.shared.registry.store import Registry
 from tests.worker.test_outputs import NASTY_CLASSES, tied_hgb
 
@@ -40,10 +41,10 @@ def test_nasty_class_names_and_tied_labels_end_to_end(
     x = pd.DataFrame(rng.normal(size=(len(NASTY_CLASSES) * 10, 2)), columns=["a", "b"])
     nasty = LogisticRegression(max_iter=300).fit(x, np.array(NASTY_CLASSES * 10, dtype=object))
     joblib.dump(nasty, tmp_path / "nasty.joblib")
-    registry_with_models.push(tmp_path / "nasty.joblib", "nasty")
+    push_model(registry_with_models, tmp_path / "nasty.joblib", "nasty")
     tied, tx = tied_hgb()
     joblib.dump(tied, tmp_path / "tied.joblib")
-    registry_with_models.push(tmp_path / "tied.joblib", "tied")
+    push_model(registry_with_models, tmp_path / "tied.joblib", "tied")
     s = stack(workers=1, concurrency=1)
 
     rows = x.iloc[:25].to_dict("records")

@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from predq.demo import iris_sample_rows, mixed_sample_rows
+from predq.push import push_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -228,7 +229,7 @@ def app_client(registry_with_models: Any, settings_env: dict[str, str]
     from predq.shared.settings import Settings
 
     m = registry_with_models.resolve("iris", "1")
-    registry_with_models.push(registry_with_models.artifact_path(m), "iris")  # a version 2
+    push_model(registry_with_models, registry_with_models.artifact_path(m), "iris")  # a version 2
     app = create_app(Settings(auth_enabled=False))
     loop = asyncio.new_event_loop()
     lifespan = app.router.lifespan_context(app)
@@ -272,7 +273,7 @@ def test_arbitrary_json_in_free_form_fields_uvicorn(
     from tests.helpers.rawhttp import stream_request
 
     m = registry_with_models.resolve("iris", "1")
-    registry_with_models.push(registry_with_models.artifact_path(m), "iris")  # a version 2
+    push_model(registry_with_models, registry_with_models.artifact_path(m), "iris")  # a version 2
     base = start_api()
     auth = {"Authorization": f"Bearer {keys['user']}"}
     tally: Counter[str] = Counter()

@@ -40,6 +40,7 @@ import redis
 
 from predq.demo import iris_sample_rows
 from predq.procs import child_pids
+from predq.push import push_model
 
 #: Statuses after which a job never changes again.
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
@@ -63,7 +64,7 @@ def push(registry_with_models: Any, tmp_path: Path) -> Callable[..., Any]:
             est = train_faulty(kind, **kw)
         path = tmp_path / f"{name}-{kind}.joblib"
         joblib.dump(est, path)
-        return registry_with_models.push(path, name)
+        return push_model(registry_with_models, path, name)
 
     return do
 

@@ -17,6 +17,7 @@ from typing import Any
 import joblib
 import pytest
 
+from predq.push import push_model
 from tests.reliability.conftest import diagnose, irows, xrows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -29,7 +30,7 @@ def test_flapping_redis_fails_the_job_saying_the_result_could_not_be_stored(
 
     path = tmp_path / "flaky.joblib"
     joblib.dump(train(hold=0.3), path)
-    registry_with_models.push(path, "flaky")
+    push_model(registry_with_models, path, "flaky")
     s = rstack(concurrency=1, PREDQ_MAX_DELIVERIES="3", PREDQ_VISIBILITY_TIMEOUT_S="120",
                PREDQ_JOB_TIME_LIMIT_S="30")
     job = s.api.submit("flaky", xrows(1))

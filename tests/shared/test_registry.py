@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from predq.push import push_model
 from predq.shared.errors import IntegrityError, ModelNotFound, RegistryError, VersionNotFound
 from predq.shared.registry.serialization import load_estimator
 from predq.shared.registry.store import Manifest, Registry, sha256_file
@@ -38,7 +39,7 @@ def registry(tmp_path: Path) -> Registry:
 
 
 def test_push_writes_layout_and_manifest(registry: Registry, artifact: Path) -> None:
-    manifest = registry.push(artifact, "churn")
+    manifest = push_model(registry, artifact, "churn")
     version_dir = registry.root / "churn" / "1"
     assert sorted(p.name for p in version_dir.iterdir()) == ["manifest.json", "model.joblib"]
     assert manifest.version == "1" and manifest.format == "joblib"
@@ -56,7 +57,7 @@ def test_push_stores_uncompressed_joblib(registry: Registry, tmp_path: Path) -> 
     X = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0]})
     compressed = tmp_path / "compressed.joblib"
     joblib.dump(LogisticRegression().fit(X, [0, 0, 1, 1]), compressed, compress=3)
-    manifest = registry.push(compressed, "small")
+    manifest = push_model(registry, compressed, "small")
     stored = registry.artifact_path(manifest)
     assert stored.read_bytes()[:1] == b"\x80"  # a plain pickle: the worker can mmap it
     model = load_estimator(stored, fmt="joblib", expected_sha256=manifest.sha256)
@@ -64,10 +65,10 @@ def test_push_stores_uncompressed_joblib(registry: Registry, tmp_path: Path) -> 
 
 
 def test_versions_auto_increment_in_numeric_order(registry: Registry, artifact: Path) -> None:
-    assert registry.push(artifact, "m").version == "1"
-    assert registry.push(artifact, "m").version == "2"
-    assert registry.push(artifact, "m", version="10").version == "10"
-    assert registry.push(artifact, "m").version == "11"
+    assert push_model(registry, artifact, "m").version == "1"
+    assert push_model(registry, artifact, "m").version == "2"
+    assert push_model(registry, artifact, "m", version="10").version == "10"
+    assert push_model(registry, artifact, "m").version == "11"
     info = registry.model_info("m")
     assert info.versions == ["1", "2", "10", "11"]
     assert info.default_version == "11"
@@ -75,9 +76,9 @@ def test_versions_auto_increment_in_numeric_order(registry: Registry, artifact: 
 
 
 def test_push_refuses_to_overwrite(registry: Registry, artifact: Path) -> None:
-    first = registry.push(artifact, "m", version="3")
+    first = push_model(registry, artifact, "m", version="3")
     with pytest.raises(RegistryError, match="already exists"):
-        registry.push(artifact, "m", version="3")
+        push_model(registry, artifact, "m", version="3")
     assert registry.manifest("m", "3") == first
     assert [p.name for p in (registry.root / "m").iterdir()] == ["3"]
 
@@ -85,7 +86,7 @@ def test_push_refuses_to_overwrite(registry: Registry, artifact: Path) -> None:
 @pytest.mark.parametrize("bad", ["Churn", "../x", "a/b", "", "-x", "x" * 65])
 def test_push_rejects_invalid_names(registry: Registry, artifact: Path, bad: str) -> None:
     with pytest.raises(RegistryError, match="invalid model name"):
-        registry.push(artifact, bad)
+        push_model(registry, artifact, bad)
 
 
 @pytest.mark.parametrize(
@@ -102,13 +103,13 @@ def test_push_rejects_invalid_arguments(
     registry: Registry, artifact: Path, kwargs: dict[str, object], match: str
 ) -> None:
     with pytest.raises(RegistryError, match=match):
-        registry.push(artifact, "m", **kwargs)  # type: ignore[arg-type]
+        push_model(registry, artifact, "m", **kwargs)  # type: ignore[arg-type]
     assert not (registry.root / "m").exists()
 
 
 def test_aliases_and_default_version(registry: Registry, artifact: Path) -> None:
-    registry.push(artifact, "m", aliases=["production", "stable"])
-    registry.push(artifact, "m", aliases=["canary"])
+    push_model(registry, artifact, "m", aliases=["production", "stable"])
+    push_model(registry, artifact, "m", aliases=["canary"])
     info = registry.model_info("m")
     assert info.aliases == {"canary": "2", "production": "1", "stable": "1"}
     assert info.default_version == "1"  # production wins over the highest version
@@ -122,7 +123,7 @@ def test_aliases_and_default_version(registry: Registry, artifact: Path) -> None
 
 
 def test_resolve_errors(registry: Registry, artifact: Path) -> None:
-    registry.push(artifact, "m")
+    push_model(registry, artifact, "m")
     with pytest.raises(ModelNotFound, match="'nope' is not registered"):
         registry.resolve("nope", None)
     with pytest.raises(VersionNotFound, match="no version '7'"):
@@ -134,7 +135,7 @@ def test_resolve_errors(registry: Registry, artifact: Path) -> None:
 
 
 def test_set_alias_errors(registry: Registry, artifact: Path) -> None:
-    registry.push(artifact, "m")
+    push_model(registry, artifact, "m")
     with pytest.raises(VersionNotFound):
         registry.set_alias("m", "production", "5")
     with pytest.raises(RegistryError, match="invalid alias"):
@@ -144,7 +145,7 @@ def test_set_alias_errors(registry: Registry, artifact: Path) -> None:
 
 
 def test_dangling_alias_is_a_registry_error(registry: Registry, artifact: Path) -> None:
-    registry.push(artifact, "m")
+    push_model(registry, artifact, "m")
     (registry.root / "m" / "aliases.json").write_text('{"production": "9"}')
     with pytest.raises(RegistryError, match="missing v9"):
         registry.resolve("m", None)
@@ -152,7 +153,7 @@ def test_dangling_alias_is_a_registry_error(registry: Registry, artifact: Path) 
 
 @pytest.mark.parametrize("name", ["../x", "..", ".", "a/../b", "/etc", "M", "m\x00", "m\n", "m/1"])
 def test_traversal_names_are_not_found(registry: Registry, artifact: Path, name: str) -> None:
-    registry.push(artifact, "m")
+    push_model(registry, artifact, "m")
     (registry.root.parent / "x").mkdir()  # a sibling of root that "../x" would reach
     with pytest.raises(ModelNotFound):
         registry.resolve(name, None)
@@ -164,7 +165,7 @@ def test_traversal_names_are_not_found(registry: Registry, artifact: Path, name:
 
 @pytest.mark.parametrize("ref", ["../1", "1/../1", "1 ", "1\n", "-1", "PRODUCTION"])
 def test_traversal_versions_are_not_found(registry: Registry, artifact: Path, ref: str) -> None:
-    registry.push(artifact, "m")
+    push_model(registry, artifact, "m")
     with pytest.raises(VersionNotFound):
         registry.resolve("m", ref)
     with pytest.raises(VersionNotFound):
@@ -174,7 +175,7 @@ def test_traversal_versions_are_not_found(registry: Registry, artifact: Path, re
 def test_artifact_path_stays_inside_root(
     registry: Registry, artifact: Path, tmp_path: Path
 ) -> None:
-    manifest = registry.push(artifact, "m")
+    manifest = push_model(registry, artifact, "m")
     assert registry.artifact_path(manifest).is_relative_to(registry.root)
     # model_copy skips validation, as a hand-edited object would.
     evil = manifest.model_copy(update={"artifact": "../../../outside.joblib"})
@@ -210,7 +211,7 @@ def test_manifest_rejects_path_artifacts() -> None:
 
 
 def test_tampered_artifact_fails_integrity(registry: Registry, artifact: Path) -> None:
-    manifest = registry.push(artifact, "m")
+    manifest = push_model(registry, artifact, "m")
     path = registry.artifact_path(manifest)
     path.write_bytes(path.read_bytes() + b"x")
     with pytest.raises(IntegrityError, match="sha256"):
@@ -218,7 +219,7 @@ def test_tampered_artifact_fails_integrity(registry: Registry, artifact: Path) -
 
 
 def test_manifests_are_cached_until_the_file_changes(registry: Registry, artifact: Path) -> None:
-    registry.push(artifact, "m")
+    push_model(registry, artifact, "m")
     first = registry.resolve("m", None)
     assert registry.resolve("m", "1") is first  # served from the cache: no new parse
     assert registry.model_info("m") is registry.model_info("m")
@@ -231,15 +232,15 @@ def test_manifests_are_cached_until_the_file_changes(registry: Registry, artifac
 
 
 def test_model_info_sees_new_versions_and_aliases(registry: Registry, artifact: Path) -> None:
-    registry.push(artifact, "m")
+    push_model(registry, artifact, "m")
     assert registry.model_info("m").versions == ["1"]
-    registry.push(artifact, "m", aliases=["production"])
+    push_model(registry, artifact, "m", aliases=["production"])
     info = registry.model_info("m")
     assert info.versions == ["1", "2"] and info.aliases == {"production": "2"}
 
 
 def test_manifest_describing_another_model_is_rejected(registry: Registry, artifact: Path) -> None:
-    registry.push(artifact, "a")
+    push_model(registry, artifact, "a")
     (registry.root / "b").mkdir()
     os.rename(registry.root / "a" / "1", registry.root / "b" / "1")
     with pytest.raises(RegistryError, match="describes a version 1"):
@@ -248,8 +249,8 @@ def test_manifest_describing_another_model_is_rejected(registry: Registry, artif
 
 def test_list_models(registry: Registry, artifact: Path) -> None:
     assert registry.list_models() == []
-    registry.push(artifact, "zeta")
-    registry.push(artifact, "alpha", aliases=["production"])
+    push_model(registry, artifact, "zeta")
+    push_model(registry, artifact, "alpha", aliases=["production"])
     (registry.root / "empty").mkdir()  # no version: not listed
     (registry.root / "Not_A_Model").mkdir()
     (registry.root / "notes").write_text("a file, not a model")
@@ -264,7 +265,7 @@ def test_push_with_sample_csv(registry: Registry, tmp_path: Path) -> None:
     joblib.dump(LogisticRegression().fit(X, [0, 0, 1, 1]), path)
     sample = tmp_path / "sample.csv"
     X.to_csv(sample, index=False)
-    manifest = registry.push(path, "typed", sample_csv=sample, accepts_missing=True)
+    manifest = push_model(registry, path, "typed", sample_csv=sample, accepts_missing=True)
     assert {f.name: f.type for f in manifest.features} == {
         "n": "integer",
         "x": "number",

@@ -26,6 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from predq.introspect import infer_manifest_fields
+from predq.push import push_model
 from predq.shared.errors import RegistryError
 from predq.shared.registry import runtimes
 from predq.shared.registry.runtimes import RuntimeRecord, TreeliteRuntime
@@ -224,7 +225,7 @@ def test_the_record_reads_old_manifests_as_sklearn(tmp_path: Path) -> None:
     path = tmp_path / "m.joblib"
     joblib.dump(LogisticRegression(max_iter=500).fit(x, y), path)
     registry = Registry(tmp_path / "reg")
-    manifest = registry.push(path, "lr")
+    manifest = push_model(registry, path, "lr")
     raw = manifest.model_dump(mode="json")
     del raw["runtime"]
     old = Manifest.model_validate(raw)
@@ -236,11 +237,11 @@ def test_push_records_the_runtime_and_honours_the_override(tmp_path: Path) -> No
     path = tmp_path / "rf.joblib"
     joblib.dump(RandomForestClassifier(10, random_state=0).fit(x, y), path)
     registry = Registry(tmp_path / "reg")
-    auto = registry.push(path, "rf")
+    auto = push_model(registry, path, "rf")
     assert auto.runtime.name == "treelite" and auto.runtime.requested == "auto"
     on_disk = registry.manifest("rf", auto.version)
     assert on_disk.runtime == auto.runtime
-    forced = registry.push(path, "rf", runtime="sklearn")
+    forced = push_model(registry, path, "rf", runtime="sklearn")
     assert forced.runtime.name == "sklearn" and forced.runtime.requested == "sklearn"
     assert forced.runtime.reason == "requested by the operator"
 
@@ -251,7 +252,7 @@ def test_push_refuses_an_impossible_runtime_request(tmp_path: Path) -> None:
     joblib.dump(LogisticRegression(max_iter=500).fit(x, y), path)
     registry = Registry(tmp_path / "reg")
     with pytest.raises(RegistryError, match="treelite cannot serve"):
-        registry.push(path, "lr", runtime="treelite")
+        push_model(registry, path, "lr", runtime="treelite")
     assert registry.list_models() == []
 
 
@@ -260,7 +261,7 @@ def _manifest_with(registry: Registry, tmp_path: Path) -> tuple[Manifest, Any]:
     model = RandomForestClassifier(10, random_state=0).fit(x, y)
     path = tmp_path / "rf.joblib"
     joblib.dump(model, path)
-    return registry.push(path, "rf"), model
+    return push_model(registry, path, "rf"), model
 
 
 def test_workers_build_the_recorded_runtime(tmp_path: Path) -> None:

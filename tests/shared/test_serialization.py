@@ -16,6 +16,7 @@ from sklearn.exceptions import InconsistentVersionWarning
 from sklearn.linear_model import LogisticRegression
 
 from predq.demo import train_demo_model
+from predq.push import push_model
 from predq.shared.errors import IntegrityError, RegistryError
 from predq.shared.registry.serialization import dump_estimator, load_estimator
 from predq.shared.registry.store import Registry, sha256_file
@@ -126,8 +127,8 @@ def test_skops_push_keeps_file_and_trusted_types(tmp_path: Path) -> None:
     dump_estimator(train_demo_model(), path, "skops")
     registry = Registry(tmp_path / "registry")
     with pytest.raises(RegistryError, match="--trusted-type"):
-        registry.push(path, "iris")
-    manifest = registry.push(path, "iris", trusted_types=[TREE])
+        push_model(registry, path, "iris")
+    manifest = push_model(registry, path, "iris", trusted_types=[TREE])
     stored = registry.artifact_path(manifest)
     assert manifest.format == "skops" and stored.name == "model.skops"
     assert stored.read_bytes() == path.read_bytes()

@@ -18,6 +18,7 @@ import joblib
 import pytest
 import redis
 
+from predq.push import push_model
 from predq.shared.jobstore.keys import Keys
 from predq.shared.observability.metrics import (
     CACHE_HITS,
@@ -39,7 +40,7 @@ def test_preloaded_models_are_counted_once_whatever_the_concurrency(
 
     artifact = tmp_path / "pause.joblib"
     joblib.dump(train(delay=DELAY_S, noisy=False), artifact)
-    registry_with_models.push(artifact, "pause")
+    push_model(registry_with_models, artifact, "pause")
     env = {"PREDQ_MAX_BATCH_JOBS": "1", "PREDQ_MAX_WAIT_MS": "10"}
     worker = start_worker(2, extra_env=env)
     base = start_api(extra_env=env)

@@ -17,6 +17,7 @@ import joblib
 import pytest
 import redis
 
+from predq.push import push_model
 from predq.shared.jobstore.keys import Keys
 from predq.shared.registry.store import Registry
 from tests.helpers.faulty import train
@@ -29,7 +30,7 @@ ROW = {"x1": 1.0, "x2": 0.0}
 def push_slow(registry: Registry, tmp_path: Path, delay: float) -> None:
     path = tmp_path / "slow.joblib"
     joblib.dump(train("slow", delay), path)
-    registry.push(path, "slow")
+    push_model(registry, path, "slow")
 
 
 def submit(c: httpx.Client, n: int) -> list[str]:

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from predq.demo import iris_sample_rows
+from predq.push import push_model
 from predq.shared.jobstore.keys import Keys
 from predq.shared.jobstore.scripts import Scripts
 from predq.shared.registry.store import Registry
@@ -40,7 +41,7 @@ def slow_env(registry_with_models: Registry, settings_env: dict[str, str], tmp_p
              ) -> dict[str, Any]:
     path = tmp_path / "slowrow.joblib"
     joblib.dump(train("slowrow", delay=6 * LIMIT_S), path)
-    registry_with_models.push(path, "lagging")
+    push_model(registry_with_models, path, "lagging")
     settings = Settings(job_time_limit_s=LIMIT_S)
     client = redis.Redis.from_url(settings.redis_url)
     scripts = Scripts(client, Keys(settings.key_prefix))
