@@ -10,7 +10,9 @@ import click
 
 
 def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f} MB"
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} KB"
 
 
 def _ms(x: float | None) -> str:

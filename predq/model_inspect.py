@@ -140,15 +140,19 @@ def runtimes_for(model: Any) -> dict[str, Callable[[pd.DataFrame], Any]]:
     """The prediction callables of every runtime predq could run ``model`` on."""
     fn = model.predict_proba if hasattr(model, "predict_proba") else model.predict
     found: dict[str, Callable[[pd.DataFrame], Any]] = {"sklearn": fn}
-    try:
-        from predq.shared.registry import runtimes  # type: ignore[attr-defined]
-    except ImportError:  # no accelerated runtimes in this installation
-        return found
-    candidates = getattr(runtimes, "candidates", None)
-    if callable(candidates):
-        for name, rt in candidates(model).items():
-            if name != "sklearn":
-                found[name] = rt
+    from predq.shared.registry.runtimes import (
+        TreeliteRuntime,
+        treelite_ineligible,
+        worker_input,
+    )
+
+    if treelite_ineligible(model) is None:
+        try:
+            rt = TreeliteRuntime(model)
+        except Exception:  # treelite cannot import this ensemble: sklearn only
+            return found
+        call = rt.predict_proba if hasattr(model, "predict_proba") else rt.predict
+        found["treelite"] = lambda x: call(worker_input(rt, x))
     return found
 
 
@@ -206,19 +210,23 @@ def sample_rows(model: Any, sample: Path | None, n: int = max(ROW_COUNTS)) -> pd
     return frame
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} KB"
+
+
 def recommend(formats: list[FormatResult], runtimes: list[RuntimeResult]) -> dict[str, str]:
     by = {f.format: f for f in formats}
     joblib_r = by.get("joblib")
     store = "joblib"
     why = "predq stores uncompressed joblib: it loads memory-mapped"
     if joblib_r and joblib_r.shared_bytes:
-        why += f", so worker processes share {joblib_r.shared_bytes / 1e6:.1f} MB of arrays"
+        why += f", so worker processes share {_size(joblib_r.shared_bytes)} of arrays"
     base_bytes = joblib_r.bytes if joblib_r else None
     small = [(f.format, f.bytes) for f in formats if f.bytes and base_bytes
              and f.bytes < base_bytes * 0.5 and "zlib" in f.format]
     if small and base_bytes:
         fmt, size = small[0]
-        why += (f"; {fmt} would be {size / 1e6:.2f} MB instead of {base_bytes / 1e6:.2f} MB, "
+        why += (f"; {fmt} would be {_size(size)} instead of {_size(base_bytes)}, "
                 "but each process would hold its own copy")
     ok = [r for r in runtimes if r.latency_ms and (r.matches_sklearn in (None, True))]
     best = min(ok, key=lambda r: r.latency_ms.get(10, float("inf"))) if ok else None
