@@ -12,11 +12,8 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from predq.introspect import infer_manifest_fields, read_sample_csv
 from predq.shared.errors import RegistryError
 from predq.shared.registry.manifest import Manifest
-from predq.shared.registry.runtimes import choose
-from predq.shared.registry.serialization import dump_estimator, load_estimator
 from predq.shared.registry.store import Registry
 
 
@@ -49,6 +46,12 @@ def push_model(
     compute the outputs; an accelerated runtime is verified against the estimator on the
     sample and generated rows first (:func:`predq.shared.registry.runtimes.choose`).
     """
+    # Here, not at the top: they import scikit-learn, which `predq models list` and the other
+    # commands importing this module must not pay for.
+    from predq.introspect import infer_manifest_fields, read_sample_csv
+    from predq.shared.registry.runtimes import choose
+    from predq.shared.registry.serialization import dump_estimator, load_estimator
+
     artifact = Path(artifact)
     registry.check_new_version(name, version, aliases)
     fmt = fmt or ("skops" if artifact.suffix == ".skops" else "joblib")

@@ -18,7 +18,7 @@ from predq.shared.errors import IntegrityError, ModelNotFound, RegistryError, Ve
 from predq.shared.registry.serialization import load_estimator
 from predq.shared.registry.store import Manifest, Registry, sha256_file
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ async def test_the_verification_example_in_the_docs_works() -> None:
 
     import httpx
 
-    doc = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    doc = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     code = doc.split("### Verifying a request", 1)[1].split("```python\n", 1)[1]
     code = code.split("```", 1)[0]
     secret = new_secret()
