@@ -91,7 +91,9 @@ def test_flower_lists_every_job_with_its_state_runtime_and_worker(
 
     workers = fl.get("/api/workers", params={"refresh": "true"}).json()
     queues = {q["name"] for q in workers[worker.hostname]["active_queues"]}
-    assert queues == {env["PREDQ_DEFAULT_QUEUE"], env["PREDQ_WEBHOOK_QUEUE"]}
+    # the predict queue, its batch-file lane (worker.batchfiles.lane) and the webhook queue
+    assert queues == {env["PREDQ_DEFAULT_QUEUE"], env["PREDQ_DEFAULT_QUEUE"] + ".batch",
+                      env["PREDQ_WEBHOOK_QUEUE"]}
     fl.close()
 
 

@@ -101,11 +101,12 @@ def test_cancel_a_queued_job_and_409_on_a_finished_one(stack: Any, start_api: An
 
 
 def test_results_expire_after_the_ttl(stack: Any) -> None:
-    s = stack(PREDQ_RESULT_TTL_S="2")
+    # A TTL long enough that a loaded machine still reads the result before it expires.
+    s = stack(PREDQ_RESULT_TTL_S="5")
     with httpx.Client(base_url=s.base_url, headers=s.headers, timeout=30) as c:
         job_id = c.post("/v1/models/iris/jobs", json={"inputs": rows()}).json()["id"]
-        assert c.get(f"/v1/jobs/{job_id}", params={"wait": 10}).json()["status"] == "succeeded"
-        deadline = time.monotonic() + 10
+        assert c.get(f"/v1/jobs/{job_id}", params={"wait": 20}).json()["status"] == "succeeded"
+        deadline = time.monotonic() + 30
         while (r := c.get(f"/v1/jobs/{job_id}")).status_code == 200:
             assert time.monotonic() < deadline
             time.sleep(0.3)
