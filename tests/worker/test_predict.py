@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from predq.demo import iris_sample_rows
+from predq.push import push_model
 from predq.shared.jobstore.keys import Keys
 from predq.shared.jobstore.messages import predict_message
 from predq.shared.jobstore.scripts import Scripts
@@ -56,7 +57,7 @@ def job(e: dict[str, Any], job_id: str) -> dict[str, Any]:
 def push_faulty(e: dict[str, Any], mode: str) -> None:
     path = e["tmp"] / f"{mode}.joblib"
     joblib.dump(train(mode), path)
-    e["registry"].push(path, "faulty", version="1" if mode == "raise" else None)
+    push_model(e["registry"], path, "faulty", version="1" if mode == "raise" else None)
 
 
 def test_one_poison_row_fails_only_its_job(env_: dict[str, Any]) -> None:
