@@ -384,56 +384,8 @@ def parse_lines(data: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
-class JobView:
-    """What a job handle knows without I/O: its last-read document and its input index."""
-
-    def __init__(self, doc: dict[str, Any], index: Any = None) -> None:
-        self._doc = doc
-        self._index = index
-
-    def _update(self, doc: dict[str, Any]) -> None:
-        self._doc = doc
-
-    @property
-    def document(self) -> dict[str, Any]:
-        """The last-read JSON document, as the API returned it."""
-        return dict(self._doc)
-
-    @property
-    def id(self) -> str:
-        return str(self._doc["id"])
-
-    @property
-    def status(self) -> str:
-        return str(self._doc["status"])
-
-    @property
-    def info(self) -> Any:
-        from predq.client.types import JobInfo
-
-        return JobInfo.model_validate(self._doc)
-
-    @property
-    def done(self) -> bool:
-        return self.status in TERMINAL
-
-    @property
-    def outputs(self) -> list[dict[str, Any]] | None:
-        """One output per input row (after the job succeeded and was read), else None."""
-        return self._doc.get("outputs")
-
-    def to_pandas(self) -> Any:
-        if self.outputs is None:
-            raise PredqError(f"job {self.id} has no outputs (status {self.status}); "
-                             "wait() for it first")
-        return frame_of(self.outputs, self._index)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id} {self.status}>"
-
-
-class BatchView:
-    """What a batch handle knows without I/O: its last-read document."""
+class _View:
+    """What a handle knows without I/O: the document the API last returned for it."""
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self._doc = doc
@@ -455,14 +407,46 @@ class BatchView:
         return str(self._doc["status"])
 
     @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.status}>"
+
+
+class JobView(_View):
+    """A job handle's state: its last-read document and the index of its input frame."""
+
+    def __init__(self, doc: dict[str, Any], index: Any = None) -> None:
+        super().__init__(doc)
+        self._index = index
+
+    @property
+    def info(self) -> Any:
+        from predq.client.types import JobInfo
+
+        return JobInfo.model_validate(self._doc)
+
+    @property
+    def outputs(self) -> list[dict[str, Any]] | None:
+        """One output per input row (after the job succeeded and was read), else None."""
+        return self._doc.get("outputs")
+
+    def to_pandas(self) -> Any:
+        if self.outputs is None:
+            raise PredqError(f"job {self.id} has no outputs (status {self.status}); "
+                             "wait() for it first")
+        return frame_of(self.outputs, self._index)
+
+
+class BatchView(_View):
+    """A batch handle's state: its last-read document."""
+
+    @property
     def info(self) -> Any:
         from predq.client.types import BatchInfo
 
         return BatchInfo.model_validate(self._doc)
-
-    @property
-    def done(self) -> bool:
-        return self.status in TERMINAL
 
     def _output_id(self, kind: str) -> str:
         file_id = self._doc.get(f"{kind}_file_id")
@@ -475,9 +459,6 @@ class BatchView:
             err = self._doc.get("error")
             raise JobFailed(f"batch {self.id} {self.status}" + (f": {err}" if err else ""),
                             job=self._doc)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id} {self.status}>"
 
 
 def default_url() -> str:
