@@ -2,15 +2,19 @@
 
 celery-batches buffers task messages in the worker's consumer and hands the buffer to one
 pool process as a single call. Its stock flush is a timer that starts at the first arrival,
-so a lone request always waits the whole interval. This subclass flushes *adaptively*:
+so a lone request always waits the whole interval. This subclass flushes *adaptively*, by
+the framework-free :class:`predq.worker.batching.policy.FlushPolicy`:
 
 - when a pool process is free, the buffer is handed over at once (an idle system adds no
   wait);
 - while every process is busy, requests accumulate, and the buffer is handed over as soon as
   a process frees up, or at ``max_batch_jobs`` jobs / ``max_batch_rows`` rows, or after
-  ``max_wait_ms`` (whichever is first).
+  ``max_wait_ms`` if a process is free by then (whichever is first).
 
-So the batch size follows the load: about (arrival rate x predict time) jobs per call.
+So the batch size follows the load: about (arrival rate x predict time) jobs per call. This
+module is the Celery-bound adapter around that policy: it feeds it the events (a message
+arrived, the Celery timer fired, a batch went to the pool or came back) and acts on its
+answers with Celery's timer and ``pool.apply_async``.
 
 It also closes the other gaps: per-job task events (received, started, succeeded, failed,
 revoked) so that Flower shows every job; per-job results and failures are written by
@@ -42,6 +46,7 @@ from typing import Any
 
 from celery_batches import Batches
 
+from predq.worker.batching.policy import Action, FlushPolicy
 from predq.worker.batching.strategy import request_factory
 
 log = logging.getLogger("predq.worker.batching")
@@ -196,11 +201,13 @@ class PredictBatches(Batches):
 
     def __init__(self) -> None:
         super().__init__()
-        self._reqs: list[Any] = []
-        self._rows = 0
-        #: Batches handed to the pool and not returned yet (the busy slots), by batch id.
+        #: When to flush: the buffered requests, the busy slots, the limits, the cost fit.
+        self._policy: FlushPolicy[Any] = FlushPolicy(
+            max_jobs=self.max_batch_jobs, max_rows=self.max_batch_rows,
+            max_wait_s=self.max_wait_s, slots=1)
+        #: Batches handed to the pool and not returned yet (the busy slots), by batch id;
+        #: the policy's busy count follows it (see _track and _untrack).
         self._batches: dict[str, _Batch] = {}
-        self._slots = 1
         self._timer: Any = None
         self._tref: Any = None
         self._reap_tref: Any = None
@@ -218,7 +225,28 @@ class PredictBatches(Batches):
     @property
     def _inflight(self) -> int:
         """Batches handed to the pool and not returned yet."""
-        return len(self._batches)
+        return self._policy.busy
+
+    @property
+    def _reqs(self) -> list[Any]:
+        """The buffered requests (read only; the policy holds them)."""
+        return self._policy.pending
+
+    @property
+    def _slots(self) -> int:
+        return self._policy.slots
+
+    def _track(self, batch: _Batch) -> None:
+        """The batch goes to the pool: it holds a slot."""
+        self._batches[batch.id] = batch
+        self._policy.dispatched()
+
+    def _untrack(self, batch_id: str) -> bool:
+        """The batch returned or was dropped: its slot is free. False if already forgotten."""
+        if self._batches.pop(batch_id, None) is None:
+            return False
+        self._policy.released()
+        return True
 
     # -- pool side ----------------------------------------------------------------
     def run_batch(self, batch_id: str, requests: list[Any]) -> dict[str, Any]:
@@ -245,7 +273,7 @@ class PredictBatches(Batches):
         # broker connection (Celery's Tasks bootstep), before it consumes anything new.
         self._generation += 1
         self._pool = consumer.pool
-        self._slots = max(1, int(getattr(consumer.pool, "limit", 1) or 1))
+        self._policy.slots = max(1, int(getattr(consumer.pool, "limit", 1) or 1))
         self._timer = consumer.timer
         self._after_restart()
         if self._reap_tref is not None:  # one reaper timer, not one more per restart
@@ -282,7 +310,7 @@ class PredictBatches(Batches):
         give_back = list(self._unreturned)
         self._unreturned = []
         for b in dropped:
-            del self._batches[b.id]
+            self._untrack(b.id)
             if b.never_sent():
                 give_back += b.reqs
         if dropped:
@@ -339,37 +367,32 @@ class PredictBatches(Batches):
             n_rows = int(req.args[3])
         except (IndexError, TypeError, ValueError):
             n_rows = 1
-        self._reqs.append(req)
-        self._rows += n_rows
-        if (self._inflight < self._slots or len(self._reqs) >= self.max_batch_jobs
-                or self._rows >= self.max_batch_rows):
+        decision = self._policy.add(req, n_rows)
+        if decision.action is Action.FLUSH:
             self._flush_now()
-        elif self._tref is None:
-            self._tref = self._timer.call_after(self.max_wait_s, self._on_timer)
+        elif decision.action is Action.ARM:
+            self._tref = self._timer.call_after(decision.delay, self._on_timer)
 
     def _on_timer(self) -> None:
-        # max_wait_ms bounds how long a buffered job waits for a *free process*: handing a
-        # batch to a pool whose processes are all busy would only queue it there, cut in
-        # smaller slices. While the pool is busy, the next free slot flushes the buffer.
+        # max_wait_ms bounds how long a buffered job waits for a *free process* (see
+        # predq.worker.batching.policy): while the pool is busy, the next free slot flushes.
         self._tref = None
-        if self._reqs and self._inflight < self._slots:
+        if self._policy.on_timer():
             self._flush_now()
 
     def _flush_now(self) -> None:
         if self._tref is not None:
             self._tref.cancel()
             self._tref = None
-        reqs, self._reqs, self._rows = self._reqs, [], 0
-        while reqs:  # a flush never exceeds max_batch_jobs
-            chunk, reqs = reqs[: self.max_batch_jobs], reqs[self.max_batch_jobs:]
+        for chunk in self._policy.take():  # a flush never exceeds max_batch_jobs
             self.flush(chunk)
 
     def _settle(self, batch: _Batch) -> bool:
         """The batch returned: free its slot. False if it was already forgotten."""
-        return self._batches.pop(batch.id, None) is not None
+        return self._untrack(batch.id)
 
     def _flush_if_free(self) -> None:
-        if self._reqs and self._inflight < self._slots:
+        if self._policy.on_slot_free():
             self._flush_now()
 
     def _give_back(self, req: Any) -> bool:
@@ -427,7 +450,7 @@ class PredictBatches(Batches):
         if self._tref is not None:
             self._tref.cancel()
             self._tref = None
-        reqs, self._reqs, self._rows = self._reqs, [], 0
+        reqs = self._policy.drain()
         returned = 0
         for r in reqs:
             if self._give_back(r):
@@ -452,7 +475,7 @@ class PredictBatches(Batches):
         batch_id = uuid.uuid4().hex[:12]
         payload = self._leased(reqs)
         batch = _Batch(batch_id, reqs, self._generation)
-        self._batches[batch_id] = batch
+        self._track(batch)
         t_start = [time.time()]
         _announce(reqs)
 
@@ -480,9 +503,11 @@ class PredictBatches(Batches):
                 self._flush_if_free()
                 return
             try:
+                runtime = time.time() - t_start[0]
                 _send_outcomes(reqs, result if isinstance(result, dict) else {}, batch_id,
-                               time.time() - t_start[0])
+                               runtime)
                 ack_all(reqs)
+                self._policy.observe(sum(p[3] for p in payload), runtime)
             finally:
                 self._on_slot_free()
 
