@@ -16,11 +16,11 @@ from starlette.responses import Response
 from predq.api.deps import AppState, JobsRead, JobsWrite, StateDep, owner_filter
 from predq.api.jobviews import json_response
 from predq.api.schemas import Problem
-from predq.api.security.bodycheck import check_json_depth
+from predq.api.security.bodycheck import check_json_depth, read_json_body
 from predq.shared.batchfiles.batchstore import TERMINAL, batch_json, batch_view, n_chunks
 from predq.shared.batchfiles.filestore import new_file_id
 from predq.shared.batchfiles.tabular import Format, type_mismatch
-from predq.shared.errors import InvalidInput, MalformedJson, PayloadTooLarge, UnsupportedMediaType
+from predq.shared.errors import InvalidInput, MalformedJson
 from predq.shared.registry.schema import problem_errors
 from predq.shared.registry.store import Manifest
 
@@ -131,17 +131,8 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {
 async def _read_request(request: Request, settings: Any) -> BatchRequest:
     """The body, read with a cap (FastAPI's own body parsing would hold any size), its
     depth checked before parsing, then validated: 400, 413, 415 or 422 problems."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json" and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"send Content-Type: application/json, not {ctype!r}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            raise PayloadTooLarge(f"a batch request is at most {MAX_REQUEST_BYTES} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_json_body(request, MAX_REQUEST_BYTES,
+                                too_large=f"a batch request is at most {MAX_REQUEST_BYTES} bytes")
     await check_json_depth(body, settings)
     try:
         return BatchRequest.model_validate_json(body)

@@ -18,13 +18,8 @@ from predq.api.deps import AppState, JobsRead, JobsWrite, ModelsRead, StateDep, 
 from predq.api.jobstore import is_terminal
 from predq.api.jobviews import job_json, job_links, json_response
 from predq.api.schemas import BatchStats, Job, JobAccepted, PredictResult, Problem
-from predq.api.security.bodycheck import check_json_depth
-from predq.shared.errors import (
-    InvalidInput,
-    MalformedJson,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-)
+from predq.api.security.bodycheck import check_json_depth, read_json_body
+from predq.shared.errors import InvalidInput, MalformedJson
 from predq.shared.registry.schema import ParsedJob, is_json_error
 
 router = APIRouter(tags=["jobs"])
@@ -47,27 +42,6 @@ REPLAYED = "Idempotent-Replayed"
 WaitQuery = Annotated[float | None, Query(ge=0, description="Seconds to hold the request.")]
 IdemHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255,
                                           pattern=r"^[\x21-\x7e]+$")]
-
-
-async def _read_body(request: Request, state: AppState) -> bytes:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json" and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"send Content-Type: application/json, not {ctype!r}")
-    limit = state.settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
-    # Streamed with a running count, so an oversized body without Content-Length is cut off
-    # at the limit. (FastAPI's own max_body_size answers text/plain and would replace an
-    # earlier 401, so the limit is enforced here, after authentication.)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class _VersionOnly(TypedDict, total=False):
@@ -102,7 +76,7 @@ def _requested_version(body: bytes) -> str | None:
 
 async def _parse(request: Request, state: AppState, name: str, *, allow_webhook: bool
                  ) -> tuple[Any, ParsedJob, bytes]:
-    body = await _read_body(request, state)
+    body = await read_json_body(request, state.settings.max_body_bytes)
     await check_json_depth(body, state.settings)  # before any parser: 422 naming where
     if len(body) > _THREAD_BODY_BYTES:
         version = await run_in_threadpool(_requested_version, body)
