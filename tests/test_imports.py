@@ -188,3 +188,34 @@ def test_each_room_imports_only_what_it_may() -> None:
              if _room(target) not in ALLOWED[_room(module)]
              and target != "predq"]  # the package itself holds only __version__
     assert not wrong, "\n".join(wrong)
+
+
+#: Modules that must import nothing framework-bound (no Celery, kombu, billiard or Redis; not
+#: even another project module): only the standard library. So they run, and are tested,
+#: without a broker or a worker (docs/design.md, "Batching").
+FRAMEWORK_FREE = {"predq.worker.batching.policy"}
+FRAMEWORKS = {"celery", "celery_batches", "kombu", "billiard", "redis"}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The top-level name of every import in the file, wherever it stands."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." if node.level else (node.module or "").partition(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(FRAMEWORK_FREE))
+def test_framework_free_modules_import_only_the_standard_library(module: str) -> None:
+    imported = _top_level_imports(MODULES[module])
+    assert imported, "no import found: the check would pass vacuously"
+    assert not imported & FRAMEWORKS, f"{module} imports {sorted(imported & FRAMEWORKS)}"
+    wrong = sorted(n for n in imported if n not in sys.stdlib_module_names and n != "__future__")
+    assert not wrong, f"{module} imports {wrong}: only the standard library may be"
+
+
+def test_the_framework_check_sees_a_framework() -> None:
+    assert "celery_batches" in _top_level_imports(MODULES["predq.worker.batching.consumer"])

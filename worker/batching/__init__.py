@@ -1,1 +1,1 @@
-"""The micro-batching Celery consumer: celery-batches adapted to predq."""
+"""Micro-batching: a framework-free flush policy, and the Celery consumer that applies it."""
