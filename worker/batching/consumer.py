@@ -273,7 +273,10 @@ class PredictBatches(Batches):
         # broker connection (Celery's Tasks bootstep), before it consumes anything new.
         self._generation += 1
         self._pool = consumer.pool
-        self._policy.slots = max(1, int(getattr(consumer.pool, "limit", 1) or 1))
+        policy = self._policy
+        policy.slots = max(1, int(getattr(consumer.pool, "limit", 1) or 1))
+        policy.max_jobs, policy.max_rows = self.max_batch_jobs, self.max_batch_rows
+        policy.max_wait_s = self.max_wait_s
         self._timer = consumer.timer
         self._after_restart()
         if self._reap_tref is not None:  # one reaper timer, not one more per restart
