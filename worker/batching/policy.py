@@ -62,6 +62,10 @@ class Decision:
     delay: float = 0.0
 
 
+_FLUSH = Decision(Action.FLUSH)
+_WAIT = Decision(Action.WAIT)
+
+
 class CostModel:
     """An online least-squares fit of a batch's cost: ``seconds = a * rows + b``.
 
@@ -154,16 +158,17 @@ class FlushPolicy(Generic[T]):
     # -- events -----------------------------------------------------------------------
     def add(self, item: T, n_rows: int) -> Decision:
         """A request arrived: buffer it, and say whether to flush now or arm a timer."""
-        if not self._items:
+        items = self._items
+        if not items:
             self.oldest = self.clock()
-        self._items.append(item)
+        items.append(item)
         self.rows += n_rows
-        if self.free or len(self._items) >= self.max_jobs or self.rows >= self.max_rows:
-            return Decision(Action.FLUSH)
+        if self.busy < self.slots or len(items) >= self.max_jobs or self.rows >= self.max_rows:
+            return _FLUSH
         if self.deadline is None:
             self.deadline = self.clock() + self.max_wait_s
             return Decision(Action.ARM, self.max_wait_s)
-        return Decision(Action.WAIT)
+        return _WAIT
 
     def on_timer(self) -> bool:
         """The armed timer fired: whether to flush (only into a free slot; see module)."""
