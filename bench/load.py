@@ -4,7 +4,7 @@ Modes (one per invocation; the result is one JSON object written to ``--out``):
 
 - ``jobs``: ``--clients`` loops of ``POST /v1/models/M/jobs`` then ``GET /v1/jobs/{id}?wait=30``
   (long-poll), for ``--warmup`` + ``--duration`` seconds; counts the jobs that *completed* in
-  the measured window (after the warm-up).
+  the measured window (after the warm-up). ``--model a,b``: client k uses model k mod 2.
 - ``enqueue``: the same loops, ``POST`` only (no worker needs to run).
 - ``predict``: loops of ``POST /v1/models/M/predict?wait=30``.
 - ``fill``: exactly ``--count`` ``POST``s (a backlog for a drain measurement).
@@ -171,7 +171,8 @@ def _in_window(run: Run) -> bool:
 
 async def _job_loop(run: Run, client: httpx.AsyncClient, bodies: list[bytes], k: int,
                     mode: str) -> None:
-    model = run.args.model
+    models = run.args.model.split(",")
+    model = models[k % len(models)]  # --model a,b: the clients alternate between the models
     i = k
     while time.perf_counter() < min(run.t_end, run.hard_end):
         body = bodies[i % len(bodies)]
