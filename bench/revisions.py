@@ -70,6 +70,8 @@ class TreeStack:
         label, tmp = self.label, self.tmp
         self.env = {
             **os.environ, "PYTHONPATH": "",
+            # Each stack its own home: ``predq up`` refuses to start beside another one.
+            "PREDQ_HOME": str(tmp / "home"),
             "PREDQ_REDIS_URL": self.redis.url,
             "PREDQ_REGISTRY_ROOT": str(tmp / "registry"),
             "PREDQ_API_KEYS": key_json, "PREDQ_AUTH_ENABLED": "true",

@@ -24,8 +24,10 @@ The same model file is registered four times, each name on its own queue
 The same closed-loop load (``bench.load``, 32 clients, 10-row ``POST /predict``, every reply
 checked against the local ``predict_proba`` / ``predict``) is split evenly between the two
 models of a variant; the variants alternate round by round, seconds apart. It prints req/s,
-latency, jobs per predict call and CPU per job of each, the ratio two/one (per round and the
-ratio of the medians), then VmRSS/PSS of every worker process. Nothing here asserts a time.
+latency, jobs per predict call, CPU per job of each and the cores that CPU adds up to (all
+the watched processes and the load generator: on a 2-core machine, 2.0 is the ceiling), the
+ratio two/one (per round and the ratio of the medians), then VmRSS, PSS and anonymous memory
+of every worker process. Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -102,8 +104,8 @@ def render(summary: dict[str, Any], memory: list[dict[str, Any]], meta: dict[str
         f"{meta['cpus']} CPUs, load average {meta['loadavg']}",
         "",
         "| variant | req/s | per round | p50 ms | p99 ms | jobs/call | CPU ms/job: api | "
-        "workers (consumer + pool) | redis | total | client | errors |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "workers (consumer + pool) | redis | total | client | cores busy | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, v in VARIANTS.items():
         s = summary[name]
@@ -117,7 +119,8 @@ def render(summary: dict[str, Any], memory: list[dict[str, Any]], meta: dict[str
             f"| {v['label']} | {s['rate']:.1f} | {', '.join(f'{x:.1f}' for x in s['rates'])} | "
             f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {jpc} | {c.get('api', 0):.2f} | "
             f"{w:.2f} ({cons:.2f} + {pool:.2f}) | {c.get('redis', 0):.2f} | "
-            f"{c['total']:.2f} | {c.get('client', 0):.2f} | {s['errors']} |")
+            f"{c['total']:.2f} | {c.get('client', 0):.2f} | "
+            f"{(c['total'] + c.get('client', 0)) * s['rate'] / 1000:.2f} | {s['errors']} |")
     one, two = summary["one"], summary["two"]
     per_round = [b / a if a else 0.0 for a, b in zip(one["rates"], two["rates"], strict=True)]
     ratio = two["rate"] / one["rate"] if one["rate"] else 0.0
