@@ -145,7 +145,7 @@ class Stack:
             raw = c.hgetall(f"{PREFIX}:stats:batches")
         finally:
             c.close()
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
     def group(self, *names: str) -> dict[str, int]:
         """Process groups to watch: the API, Redis and the named workers."""

@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                   "|---|---:|---:|---:|---:|")
             total_pss = 0.0
             for pid in pids:
-                m = memory_of(pid)
-                total_pss += m["pss_mb"]
+                mem = memory_of(pid)
+                total_pss += mem["pss_mb"]
                 role = "consumer (parent)" if pid == proc.pid else "pool process"
-                print(f"| {pid} {role} | {m['rss_mb']:.1f} | {m['pss_mb']:.1f} | "
-                      f"{m['anon_mb']:.1f} | {m['shared_mb']:.1f} |")
+                print(f"| {pid} {role} | {mem['rss_mb']:.1f} | {mem['pss_mb']:.1f} | "
+                      f"{mem['anon_mb']:.1f} | {mem['shared_mb']:.1f} |")
             print(f"\nsum of PSS (what the worker really costs): {total_pss:.1f} MB")
         finally:
             os.killpg(proc.pid, 15)
