@@ -49,8 +49,10 @@ def kb(path: str, key: str) -> int:
 
 
 def memory_of(pid: int) -> dict[str, float]:
-    """VmRSS, PSS, anonymous and shared MB of one process (PSS splits shared pages between
-    the processes that map them; anonymous is heap, not file pages such as a mmap'd model)."""
+    """VmRSS, PSS, anonymous and shared MB of one process. PSS splits shared pages between
+    the processes that map them. Anonymous counts heap pages, those still shared copy-on-write
+    with the parent included, and no file pages (a memory-mapped model's arrays are file
+    pages: the page cache holds them once for every process that maps the same file)."""
     rollup = f"/proc/{pid}/smaps_rollup"
     return {"rss_mb": kb(f"/proc/{pid}/status", "VmRSS") / 1024,
             "pss_mb": kb(rollup, "Pss") / 1024,

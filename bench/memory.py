@@ -4,8 +4,9 @@ Starts its own Redis and one ``predq worker -c N`` on a temporary registry holdi
 RandomForest(100) models (breast_cancer and iris, both on treelite), preloaded before the
 pool forks, and prints, once the worker is ready, per process of the worker's group, VmRSS,
 the proportional set size (PSS, from ``/proc/<pid>/smaps_rollup``: shared pages split
-between the processes that share them) and the anonymous memory (heap: not the file pages
-of a memory-mapped model, which the page cache holds once for every process that maps it).
+between the processes that share them) and the anonymous memory (heap, including the pages
+still shared copy-on-write since the fork; not the file pages of a memory-mapped model, which
+the page cache holds once for every process that maps the file).
 """
 
 from __future__ import annotations
