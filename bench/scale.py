@@ -25,7 +25,8 @@ The same closed-loop load (``bench.load``, 32 clients, 10-row ``POST /predict``,
 checked against the local ``predict_proba`` / ``predict``) is split evenly between the two
 models of a variant; the variants alternate round by round, seconds apart. It prints req/s,
 latency, jobs per predict call, CPU per job of each and the cores that CPU adds up to (all
-the watched processes and the load generator: on a 2-core machine, 2.0 is the ceiling), the
+the watched processes and the load generator: on a 2-core machine, 2.0 is the ceiling),
+beside the cores the whole machine kept busy (the difference is other tenants'), the
 ratio two/one (per round and the ratio of the medians), then VmRSS, PSS and anonymous memory
 of every worker process. Nothing here asserts a time.
 """
@@ -93,6 +94,8 @@ def summarize(results: list[dict[str, Any]], batches: list[dict[str, int]],
         "error_samples": [e for r in results for e in r["error_samples"]][:5],
         "jobs_per_call": jobs / calls if calls else None,
         "cpu_ms_per_job": {k: statistics.median(c.get(k, 0.0) for c in cpus) for k in keys},
+        "machine_cores": statistics.median(r.get("machine_cores_busy") or 0.0
+                                           for r in results),
     }
 
 
@@ -104,8 +107,9 @@ def render(summary: dict[str, Any], memory: list[dict[str, Any]], meta: dict[str
         f"{meta['cpus']} CPUs, load average {meta['loadavg']}",
         "",
         "| variant | req/s | per round | p50 ms | p99 ms | jobs/call | CPU ms/job: api | "
-        "workers (consumer + pool) | redis | total | client | cores busy | errors |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "workers (consumer + pool) | redis | total | client | cores busy | machine busy | "
+        "errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, v in VARIANTS.items():
         s = summary[name]
@@ -120,7 +124,8 @@ def render(summary: dict[str, Any], memory: list[dict[str, Any]], meta: dict[str
             f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {jpc} | {c.get('api', 0):.2f} | "
             f"{w:.2f} ({cons:.2f} + {pool:.2f}) | {c.get('redis', 0):.2f} | "
             f"{c['total']:.2f} | {c.get('client', 0):.2f} | "
-            f"{(c['total'] + c.get('client', 0)) * s['rate'] / 1000:.2f} | {s['errors']} |")
+            f"{(c['total'] + c.get('client', 0)) * s['rate'] / 1000:.2f} | "
+            f"{s['machine_cores']:.2f} | {s['errors']} |")
     one, two = summary["one"], summary["two"]
     per_round = [b / a if a else 0.0 for a, b in zip(one["rates"], two["rates"], strict=True)]
     ratio = two["rate"] / one["rate"] if one["rate"] else 0.0
