@@ -4,7 +4,7 @@ Modes (one per invocation; the result is one JSON object written to ``--out``):
 
 - ``jobs``: ``--clients`` loops of ``POST /v1/models/M/jobs`` then ``GET /v1/jobs/{id}?wait=30``
   (long-poll), for ``--warmup`` + ``--duration`` seconds; counts the jobs that *completed* in
-  the measured window (after the warm-up).
+  the measured window (after the warm-up). ``--model a,b``: client k uses model k mod 2.
 - ``enqueue``: the same loops, ``POST`` only (no worker needs to run).
 - ``predict``: loops of ``POST /v1/models/M/predict?wait=30``.
 - ``fill``: exactly ``--count`` ``POST``s (a backlog for a drain measurement).
@@ -17,7 +17,8 @@ file's ``bodies``, and every reply is then checked against the file's ``expected
 ``--header 'Name: value'`` (repeatable) is sent with every request (e.g. an API key).
 
 With ``--watch name=pgid``, the CPU time of those process groups (and of this process,
-``client``) is read from /proc at the start and at the end of the measured window.
+``client``) is read from /proc at the start and at the end of the measured window; so is the
+whole machine's (``machine_cores_busy``: every process's, other tenants' included).
 Every loop is bounded by a count or by ``--max-time``. Traffic goes to 127.0.0.1 only.
 """
 
@@ -121,6 +122,8 @@ class Run:
         self.cpu_after: cpu.Snapshot = {}
         self.client_before = 0.0
         self.client_after = 0.0
+        self.machine_before = (0, 0)
+        self.machine_after = (0, 0)
 
     def done(self, started: float) -> None:
         now = time.perf_counter()
@@ -152,6 +155,18 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def _machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs together, from /proc/stat (every process of the
+    machine, ours and anyone else's); (0, 0) where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
 def _client_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -171,7 +186,8 @@ def _in_window(run: Run) -> bool:
 
 async def _job_loop(run: Run, client: httpx.AsyncClient, bodies: list[bytes], k: int,
                     mode: str) -> None:
-    model = run.args.model
+    models = run.args.model.split(",")
+    model = models[k % len(models)]  # --model a,b: the clients alternate between the models
     i = k
     while time.perf_counter() < min(run.t_end, run.hard_end):
         body = bodies[i % len(bodies)]
@@ -227,7 +243,9 @@ async def _cpu_probe(run: Run, groups: dict[str, int]) -> None:
     await asyncio.sleep(max(0.0, run.t_start - time.perf_counter()))
     run.cpu_before = cpu.snapshot(groups)
     run.client_before = _client_cpu()
+    run.machine_before = _machine_cpu()
     await asyncio.sleep(max(0.0, run.t_end - time.perf_counter()))
+    run.machine_after = _machine_cpu()
     run.client_after = _client_cpu()
     run.cpu_after = cpu.resnapshot(run.cpu_before)
 
@@ -268,6 +286,10 @@ async def timed(args: argparse.Namespace, groups: dict[str, int]) -> dict[str, A
     if run.cpu_after:
         c = run.client_after - run.client_before
         usage["client"] = {"total": c, "leader": c, "others": 0.0}
+    busy = run.machine_after[0] - run.machine_before[0]
+    ticks = run.machine_after[1] - run.machine_before[1]
+    # Cores the whole machine kept busy over the window (every process, not only ours).
+    machine_cores = busy / ticks * (os.cpu_count() or 1) if ticks > 0 else None
     return {
         "mode": args.mode, "clients": args.clients, "rows": args.rows,
         "window_s": args.duration, "completed": run.completed,
@@ -277,6 +299,7 @@ async def timed(args: argparse.Namespace, groups: dict[str, int]) -> dict[str, A
         "latency_ms": percentiles(run.latencies),
         "latencies_ms": [round(x, 2) for x in run.latencies], "errors": run.errors,
         "error_samples": run.error_samples, "cpu_s": usage,
+        "machine_cores_busy": machine_cores,
     }
 
 

@@ -2,9 +2,11 @@
 
 Starts its own Redis and one ``predq worker -c N`` on a temporary registry holding two
 RandomForest(100) models (breast_cancer and iris, both on treelite), preloaded before the
-pool forks, and prints, once the worker is ready, per process of the worker's group, VmRSS
-and the proportional set size (PSS, from ``/proc/<pid>/smaps_rollup``: shared pages split
-between the processes that share them).
+pool forks, and prints, once the worker is ready, per process of the worker's group, VmRSS,
+the proportional set size (PSS, from ``/proc/<pid>/smaps_rollup``: shared pages split
+between the processes that share them) and the anonymous memory (heap, including the pages
+still shared copy-on-write since the fork; not the file pages of a memory-mapped model, which
+the page cache holds once for every process that maps the file).
 """
 
 from __future__ import annotations
@@ -17,17 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.harness import memory_of
 from predq.push import push_model
-
-
-def _kb(path: str, key: str) -> int:
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,18 +58,16 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
             time.sleep(2)
             pids = sorted(group_pids(proc.pid))
-            print("\n| process | VmRSS MB | PSS MB | shared MB |\n|---|---:|---:|---:|")
-            total_pss = 0
+            print("\n| process | VmRSS MB | PSS MB | anonymous MB | shared MB |\n"
+                  "|---|---:|---:|---:|---:|")
+            total_pss = 0.0
             for pid in pids:
-                rss = _kb(f"/proc/{pid}/status", "VmRSS")
-                pss = _kb(f"/proc/{pid}/smaps_rollup", "Pss")
-                shared = (_kb(f"/proc/{pid}/smaps_rollup", "Shared_Clean")
-                          + _kb(f"/proc/{pid}/smaps_rollup", "Shared_Dirty"))
-                total_pss += pss
+                mem = memory_of(pid)
+                total_pss += mem["pss_mb"]
                 role = "consumer (parent)" if pid == proc.pid else "pool process"
-                print(f"| {pid} {role} | {rss / 1024:.1f} | {pss / 1024:.1f} | "
-                      f"{shared / 1024:.1f} |")
-            print(f"\nsum of PSS (what the worker really costs): {total_pss / 1024:.1f} MB")
+                print(f"| {pid} {role} | {mem['rss_mb']:.1f} | {mem['pss_mb']:.1f} | "
+                      f"{mem['anon_mb']:.1f} | {mem['shared_mb']:.1f} |")
+            print(f"\nsum of PSS (what the worker really costs): {total_pss:.1f} MB")
         finally:
             os.killpg(proc.pid, 15)
             proc.wait(30)
