@@ -35,6 +35,7 @@ message goes back to the queue its lease is released.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -66,18 +67,37 @@ def execute_batch(task: PredictBatches, batch_id: str,
         return {"retry": reason}
 
 
+_LATE = os.environ.get("X_PREDQ_EVENTS") == "late"  # experiment switch (temporary)
+
+
+def _received_fields(r: Any) -> dict[str, Any]:
+    return {"name": r.name, "args": r.argsrepr, "kwargs": r.kwargsrepr, "root_id": r.root_id,
+            "parent_id": r.parent_id, "retries": 0, "eta": None, "expires": None}
+
+
 def _announce(reqs: list[Any]) -> None:
     """Send task-received for each request not announced yet.
 
     Sent when a batch is dispatched rather than on arrival, so that Celery's event buffer
     publishes a batch's events together (one ``task.multi`` message) instead of one per job.
     """
+    now = time.time()
     for r in reqs:
+        if getattr(r, "_predq_received_at", None) is None:
+            r._predq_received_at = now
+        if _LATE:
+            continue
         if not getattr(r, "_predq_announced", False):
             r._predq_announced = True
-            r.send_event("task-received", name=r.name, args=r.argsrepr, kwargs=r.kwargsrepr,
-                         root_id=r.root_id, parent_id=r.parent_id, retries=0, eta=None,
-                         expires=None)
+            r.send_event("task-received", **_received_fields(r))
+
+
+def _with_received(r: Any, started: float) -> dict[str, Any]:
+    if getattr(r, "_predq_announced", False):
+        return {}
+    r._predq_announced = True
+    return {**_received_fields(r), "received": getattr(r, "_predq_received_at", started),
+            "started": started}
 
 
 def _send_outcomes(reqs: list[Any], result: dict[str, Any], batch_id: str,
@@ -89,17 +109,25 @@ def _send_outcomes(reqs: list[Any], result: dict[str, Any], batch_id: str,
     """
     outcomes = result.get("outcomes", {})
     duplicates = set(result.get("duplicates", ()))
+    started = time.time() - runtime
     for pos, r in enumerate(reqs):
         if pos in duplicates:
+            if _LATE and not getattr(r, "_predq_announced", False):
+                r._predq_announced = True
+                r.send_event("task-received", timestamp=r._predq_received_at,
+                             **_received_fields(r))
+                r.send_event("task-started", timestamp=started)
             continue
+        extra = _with_received(r, started) if _LATE else {}
         state, _, error = outcomes.get(r.id, ("FAILURE", 0, "no outcome"))
         if state == "SUCCESS":
-            r.send_event("task-succeeded", result=f"batch {batch_id}", runtime=runtime)
+            r.send_event("task-succeeded", result=f"batch {batch_id}", runtime=runtime,
+                         **extra)
         elif state == "REVOKED":
             r.send_event("task-revoked", terminated=False, signum=None,
-                         expired=error == "expired")
+                         expired=error == "expired", **extra)
         else:
-            r.send_event("task-failed", exception=str(error), traceback="")
+            r.send_event("task-failed", exception=str(error), traceback="", **extra)
 
 
 def ack_all(reqs: list[Any]) -> None:
@@ -460,7 +488,7 @@ class PredictBatches(Batches):
             t_start[0] = time.time()
             # billiard swallows whatever this raises, so a bug here would only hide events.
             try:
-                for r in reqs:
+                for r in reqs if not _LATE else ():
                     # No pid=: the event dispatcher adds its own (a duplicate is a TypeError).
                     r.send_event("task-started")
             except Exception:
