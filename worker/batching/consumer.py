@@ -35,7 +35,6 @@ message goes back to the queue its lease is released.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections import OrderedDict
@@ -67,37 +66,58 @@ def execute_batch(task: PredictBatches, batch_id: str,
         return {"retry": reason}
 
 
-_LATE = os.environ.get("X_PREDQ_EVENTS") == "late"  # experiment switch (temporary)
+#: Seconds a batch may run before its jobs are shown in Flower as received and started while
+#: it still runs (a batch that returns sooner sends one event per job: see _job_event).
+INFLIGHT_EVENTS_AFTER_S = 1.0
 
 
 def _received_fields(r: Any) -> dict[str, Any]:
+    """What Celery's task-received event says of a job (Flower's name, args, kwargs...)."""
     return {"name": r.name, "args": r.argsrepr, "kwargs": r.kwargsrepr, "root_id": r.root_id,
             "parent_id": r.parent_id, "retries": 0, "eta": None, "expires": None}
 
 
 def _announce(reqs: list[Any]) -> None:
-    """Send task-received for each request not announced yet.
+    """The batch is dispatched: note when each job was received (no event yet).
 
-    Sent when a batch is dispatched rather than on arrival, so that Celery's event buffer
-    publishes a batch's events together (one ``task.multi`` message) instead of one per job.
+    Celery sends task-received, task-started and a final event per job; Flower spends its
+    CPU per event, and the consumer a Redis round trip per ``task.multi`` message (one per
+    loop turn that sent any). A job whose batch returns within
+    :data:`INFLIGHT_EVENTS_AFTER_S` sends only its final event, carrying what the other two
+    would have said (``name``, ``args``, ... and the ``received`` / ``started`` times):
+    celery.events.state merges an event's fields into the task, so Flower shows the job
+    exactly as before, with one event instead of three. A longer batch announces its jobs
+    while it runs (:func:`_announce_running`).
     """
     now = time.time()
     for r in reqs:
         if getattr(r, "_predq_received_at", None) is None:
             r._predq_received_at = now
-        if _LATE:
-            continue
+
+
+def _announce_running(reqs: list[Any], started: float) -> None:
+    """task-received and task-started (with their real times) of the jobs not shown yet."""
+    for r in reqs:
         if not getattr(r, "_predq_announced", False):
             r._predq_announced = True
-            r.send_event("task-received", **_received_fields(r))
+            r.send_event("task-received", timestamp=getattr(r, "_predq_received_at", started),
+                         **_received_fields(r))
+            r.send_event("task-started", timestamp=started)
 
 
-def _with_received(r: Any, started: float) -> dict[str, Any]:
-    if getattr(r, "_predq_announced", False):
-        return {}
-    r._predq_announced = True
-    return {**_received_fields(r), "received": getattr(r, "_predq_received_at", started),
-            "started": started}
+def _job_event(r: Any, kind: str, started: float | None, **fields: Any) -> None:
+    """One event of a job; the first one Flower gets of it also says what task-received
+    (and, for a job that ran, task-started) would have."""
+    if not getattr(r, "_predq_announced", False):
+        r._predq_announced = True
+        received = getattr(r, "_predq_received_at", None) or started or time.time()
+        if started is None:  # never ran (given back): a real task-received first, so that
+            # Flower's prefetched-tasks gauge, counted from task-received, stays balanced
+            r.send_event("task-received", timestamp=received, **_received_fields(r))
+        else:
+            fields = {**_received_fields(r), "received": received, "started": started,
+                      **fields}
+    r.send_event(kind, **fields)
 
 
 def _send_outcomes(reqs: list[Any], result: dict[str, Any], batch_id: str,
@@ -105,29 +125,25 @@ def _send_outcomes(reqs: list[Any], result: dict[str, Any], batch_id: str,
     """Each request's final task event, from the batch's outcomes.
 
     A duplicate delivery (of a job another delivery runs or ran) sends none: the other
-    delivery's event is the job's state, and Flower must not show it revoked or failed.
+    delivery's event is the job's state, and Flower must not show it revoked or failed
+    (it is announced as received and started, as every delivery is).
     """
     outcomes = result.get("outcomes", {})
     duplicates = set(result.get("duplicates", ()))
     started = time.time() - runtime
     for pos, r in enumerate(reqs):
         if pos in duplicates:
-            if _LATE and not getattr(r, "_predq_announced", False):
-                r._predq_announced = True
-                r.send_event("task-received", timestamp=r._predq_received_at,
-                             **_received_fields(r))
-                r.send_event("task-started", timestamp=started)
+            _announce_running([r], started)
             continue
-        extra = _with_received(r, started) if _LATE else {}
         state, _, error = outcomes.get(r.id, ("FAILURE", 0, "no outcome"))
         if state == "SUCCESS":
-            r.send_event("task-succeeded", result=f"batch {batch_id}", runtime=runtime,
-                         **extra)
+            _job_event(r, "task-succeeded", started, result=f"batch {batch_id}",
+                       runtime=runtime)
         elif state == "REVOKED":
-            r.send_event("task-revoked", terminated=False, signum=None,
-                         expired=error == "expired", **extra)
+            _job_event(r, "task-revoked", started, terminated=False, signum=None,
+                       expired=error == "expired")
         else:
-            r.send_event("task-failed", exception=str(error), traceback="", **extra)
+            _job_event(r, "task-failed", started, exception=str(error), traceback="")
 
 
 def ack_all(reqs: list[Any]) -> None:
@@ -416,7 +432,7 @@ class PredictBatches(Batches):
             return False
         req.acknowledged = True
         try:
-            req.send_event("task-rejected", requeue=True)
+            _job_event(req, "task-rejected", None, requeue=True)
         except Exception:
             log.debug("task-rejected event of %s not sent", req.id, exc_info=True)
         return True
@@ -487,12 +503,11 @@ class PredictBatches(Batches):
         def on_accepted(pid: int, time_accepted: float) -> None:
             t_start[0] = time.time()
             # billiard swallows whatever this raises, so a bug here would only hide events.
-            try:
-                for r in reqs if not _LATE else ():
-                    # No pid=: the event dispatcher adds its own (a duplicate is a TypeError).
-                    r.send_event("task-started")
+            try:  # still running by then: show its jobs in Flower as received and started
+                self._timer.call_after(INFLIGHT_EVENTS_AFTER_S, _announce_running,
+                                       (reqs, t_start[0]))
             except Exception:
-                log.exception("batch %s: could not send task-started events", batch_id)
+                log.exception("batch %s: could not schedule its task events", batch_id)
 
         def landed() -> None:
             for r in reqs:
@@ -529,8 +544,8 @@ class PredictBatches(Batches):
                     if len(reqs) > 1:
                         self.flush([r])
                     else:
-                        r.send_event("task-failed", exception=f"worker lost: {exc!r}",
-                                     traceback="")
+                        _job_event(r, "task-failed", t_start[0],
+                                   exception=f"worker lost: {exc!r}", traceback="")
                         if self._releasable([r]):
                             r.reject(requeue=True)
             finally:
