@@ -12,8 +12,11 @@ so a lone request always waits the whole interval. This subclass flushes *adapti
 
 So the batch size follows the load: about (arrival rate x predict time) jobs per call.
 
-It also closes the other gaps: per-job task events (received, started, succeeded, failed,
-revoked) so that Flower shows every job; per-job results and failures are written by
+It also closes the other gaps: per-job task events so that Flower shows every job (its
+name, args, state, received/started/final times and runtime: one final event per job that
+carries what task-received and task-started would have said, unless its batch runs longer
+than ``INFLIGHT_EVENTS_AFTER_S``, when its jobs are announced while it runs; see
+:func:`_announce`); per-job results and failures are written by
 :class:`predq.worker.predict.BatchPredictor`; messages are acknowledged only after their batch
 returned, and a batch whose pool process died is requeued (the job store counts deliveries
 and fails a job that keeps killing workers).

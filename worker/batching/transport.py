@@ -111,7 +111,6 @@ class MultiFetch:
     QoS = QoS
     #: Messages per round trip, at most (transport option ``fetch_max``; <= 1: kombu's path).
     fetch_max = 1
-    from_transport_options = (*kredis.Channel.from_transport_options, "fetch_max")
 
     _fetch_script: Any = None
     _fetch_client: Any = None
@@ -249,11 +248,15 @@ class MultiFetch:
 class Channel(MultiFetch, kredis.Channel):
     """kombu's Redis channel with :class:`MultiFetch`."""
 
+    from_transport_options = (  # type: ignore[assignment]
+        *kredis.Channel.from_transport_options, "fetch_max")
+
 
 class SentinelChannel(MultiFetch, kredis.SentinelChannel):
     """kombu's Sentinel channel with :class:`MultiFetch`."""
 
-    from_transport_options = (*kredis.SentinelChannel.from_transport_options, "fetch_max")
+    from_transport_options = (  # type: ignore[assignment]
+        *kredis.SentinelChannel.from_transport_options, "fetch_max")
 
 
 class Transport(kredis.Transport):
