@@ -149,6 +149,8 @@ def create_app(settings: Settings) -> Celery:
             "socket_keepalive": True,
             "health_check_interval": 10,
             "fetch_max": settings.worker_fetch_max,
+            # Only the predict queues: the batch lane holds no more messages than its budget.
+            "fetch_queues": settings.all_predict_queues(),
             **celery_transport_options(settings),
         },
         accept_content=["json"],

@@ -8,7 +8,9 @@ once it returned a message, runs one script (:data:`FETCH_LUA`) that
 
 - records that message as unacknowledged, exactly as ``QoS.append`` would;
 - pops up to ``fetch_max - 1`` more (never more than the channel's prefetch window has room
-  for: ``qos.can_consume_max_estimate()``), from the same keys in the same order as the
+  for: ``qos.can_consume_max_estimate()``), of the queues in ``fetch_queues`` (the worker's
+  predict queues; the batch lane and no-ack queues are left to kombu's path, one message
+  per ``BRPOP``), from the same keys in the same order as the
   ``BRPOP`` (every priority sub-list ``<queue>\\x06\\x16<n>`` of every queue, highest
   priority first, queues in the round-robin cycle's order), and records each of them the
   same way, atomically with its pop.
@@ -111,6 +113,10 @@ class MultiFetch:
     QoS = QoS
     #: Messages per round trip, at most (transport option ``fetch_max``; <= 1: kombu's path).
     fetch_max = 1
+    #: The queues fetched from several at a time (transport option ``fetch_queues``; None:
+    #: all). A message of another queue (the batch lane, which keeps its own budget of held
+    #: messages and pauses its queues when full) is taken by kombu's path, alone.
+    fetch_queues: Any = None
 
     _fetch_script: Any = None
     _fetch_client: Any = None
@@ -169,13 +175,17 @@ class MultiFetch:
     def _fetch_keys(self) -> tuple[list[str], list[str]]:
         """The keys BRPOP would read next, in its order, and the queue of each."""
         queues = [q for q in self._queue_cycle.consume(len(self.active_queues))
-                  if q not in self._no_ack_queues]
+                  if self._fetchable(q)]
         keys, owners = [], []
         for pri in self.priority_steps:
             for queue in queues:
                 keys.append(self._q_for_pri(queue, pri))  # type: ignore[attr-defined]
                 owners.append(queue)
         return keys, owners
+
+    def _fetchable(self, queue: str) -> bool:
+        return queue not in self._no_ack_queues and (
+            self.fetch_queues is None or queue in self.fetch_queues)
 
     def _fetch_budget(self, qos: Any) -> int:
         """How many more messages may be fetched besides the one BRPOP returned."""
@@ -197,12 +207,11 @@ class MultiFetch:
         keys, owners = self._fetch_keys()
         more = self._fetch_budget(qos) if keys else 0
         first = loads(bytes_to_str(item))
-        record_first = dest not in self._no_ack_queues
-        if not record_first and not more:
-            self._deliver_all(qos, [(dest, first)])  # nothing to record, nothing to fetch
+        if not self._fetchable(dest):  # kombu's path: alone, recorded by QoS.append
+            self._deliver_all(qos, [(dest, first)])
             return
         try:
-            reply = self._run_fetch(item if record_first else b"", keys, more, time.time())
+            reply = self._run_fetch(item, keys, more, time.time())
         except self.ResponseError as e:
             # Redis refused the script (no scripting on this server, say): kombu's path,
             # for this message (not recorded yet) and from now on.
@@ -249,14 +258,14 @@ class Channel(MultiFetch, kredis.Channel):
     """kombu's Redis channel with :class:`MultiFetch`."""
 
     from_transport_options = (  # type: ignore[assignment]
-        *kredis.Channel.from_transport_options, "fetch_max")
+        *kredis.Channel.from_transport_options, "fetch_max", "fetch_queues")
 
 
 class SentinelChannel(MultiFetch, kredis.SentinelChannel):
     """kombu's Sentinel channel with :class:`MultiFetch`."""
 
     from_transport_options = (  # type: ignore[assignment]
-        *kredis.SentinelChannel.from_transport_options, "fetch_max")
+        *kredis.SentinelChannel.from_transport_options, "fetch_max", "fetch_queues")
 
 
 class Transport(kredis.Transport):
