@@ -101,6 +101,10 @@ class Settings(BaseSettings):
         default_factory=lambda: os.cpu_count() or 1,
         description="Prefork pool processes per worker (default: CPU count).",
     )
+    worker_fetch_max: PositiveInt = Field(
+        256, description="Most messages a worker takes from Redis in one round trip (within its "
+        "prefetch window; 1: kombu's one BRPOP per message). See predq.worker.batching.transport."
+    )
     model_cache_size: PositiveInt = Field(8, description="Models kept loaded per process.")
     preload_models: bool = Field(
         True, description="Load each served model's default version when a worker starts."

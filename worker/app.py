@@ -24,6 +24,7 @@ from predq.shared.settings import Settings
 from predq.worker.batch_metrics import BatchObserver
 from predq.worker.batchfiles.lane import register_batch_tasks
 from predq.worker.batching.consumer import PredictBatches
+from predq.worker.batching.transport import transport_for
 from predq.worker.lifecycle import install_lifecycle, node_name
 from predq.worker.model_cache import ModelCache
 from predq.worker.predict import BatchPredictor
@@ -113,6 +114,9 @@ def prefetch_multiplier(settings: Settings, concurrency: int | None = None) -> i
 def create_app(settings: Settings) -> Celery:
     """The workers' Celery app, with the predict task registered."""
     app = Celery("predq", broker=settings.redis_url, set_as_current=True)
+    # Several messages per Redis round trip (predq.worker.batching.transport), unless
+    # PREDQ_WORKER_FETCH_MAX=1 or the URL is one the fetch does not handle (rediss://).
+    transport = transport_for(settings.redis_url) if settings.worker_fetch_max > 1 else None
     queues = [Queue(q, routing_key=q) for q in settings.all_predict_queues()]
     queues.append(Queue(settings.webhook_queue, routing_key=settings.webhook_queue))
     queues += [Queue(q, routing_key=q) for q in settings.all_batch_queues()]
@@ -134,6 +138,7 @@ def create_app(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
+        **({"broker_transport": transport} if transport else {}),
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             # Sweep for unacked messages of dead workers every few seconds (kombu's default
@@ -143,6 +148,9 @@ def create_app(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
             "socket_keepalive": True,
             "health_check_interval": 10,
+            "fetch_max": settings.worker_fetch_max,
+            # Only the predict queues: the batch lane holds no more messages than its budget.
+            "fetch_queues": settings.all_predict_queues(),
             **celery_transport_options(settings),
         },
         accept_content=["json"],

@@ -79,6 +79,7 @@ def test_flower_lists_every_job_with_its_state_runtime_and_worker(
         task = tasks[job_id]
         assert task["worker"] == worker.hostname
         assert task["name"] == "predq.predict"
+        assert job_id in task["args"]  # the args repr: (job id, model, version, rows)
         assert task["runtime"] is not None and task["runtime"] > 0
         assert None not in (task["received"], task["started"], task["succeeded"]), task
         assert task["received"] <= task["started"] <= task["succeeded"], task

@@ -16,8 +16,11 @@ module is the Celery-bound adapter around that policy: it feeds it the events (a
 arrived, the Celery timer fired, a batch went to the pool or came back) and acts on its
 answers with Celery's timer and ``pool.apply_async``.
 
-It also closes the other gaps: per-job task events (received, started, succeeded, failed,
-revoked) so that Flower shows every job; per-job results and failures are written by
+It also closes the other gaps: per-job task events so that Flower shows every job (its
+name, args, state, received/started/final times and runtime: one final event per job that
+carries what task-received and task-started would have said, unless its batch runs longer
+than ``INFLIGHT_EVENTS_AFTER_S``, when its jobs are announced while it runs; see
+:func:`_announce`); per-job results and failures are written by
 :class:`predq.worker.predict.BatchPredictor`; messages are acknowledged only after their batch
 returned, and a batch whose pool process died is requeued (the job store counts deliveries
 and fails a job that keeps killing workers).
@@ -71,18 +74,58 @@ def execute_batch(task: PredictBatches, batch_id: str,
         return {"retry": reason}
 
 
-def _announce(reqs: list[Any]) -> None:
-    """Send task-received for each request not announced yet.
+#: Seconds a batch may run before its jobs are shown in Flower as received and started while
+#: it still runs (a batch that returns sooner sends one event per job: see _job_event).
+INFLIGHT_EVENTS_AFTER_S = 1.0
 
-    Sent when a batch is dispatched rather than on arrival, so that Celery's event buffer
-    publishes a batch's events together (one ``task.multi`` message) instead of one per job.
+
+def _received_fields(r: Any) -> dict[str, Any]:
+    """What Celery's task-received event says of a job (Flower's name, args, kwargs...)."""
+    return {"name": r.name, "args": r.argsrepr, "kwargs": r.kwargsrepr, "root_id": r.root_id,
+            "parent_id": r.parent_id, "retries": 0, "eta": None, "expires": None}
+
+
+def _announce(reqs: list[Any]) -> None:
+    """The batch is dispatched: note when each job was received (no event yet).
+
+    Celery sends task-received, task-started and a final event per job; Flower spends its
+    CPU per event, and the consumer a Redis round trip per ``task.multi`` message (one per
+    loop turn that sent any). A job whose batch returns within
+    :data:`INFLIGHT_EVENTS_AFTER_S` sends only its final event, carrying what the other two
+    would have said (``name``, ``args``, ... and the ``received`` / ``started`` times):
+    celery.events.state merges an event's fields into the task, so Flower shows the job
+    exactly as before, with one event instead of three. A longer batch announces its jobs
+    while it runs (:func:`_announce_running`).
     """
+    now = time.time()
+    for r in reqs:
+        if getattr(r, "_predq_received_at", None) is None:
+            r._predq_received_at = now
+
+
+def _announce_running(reqs: list[Any], started: float) -> None:
+    """task-received and task-started (with their real times) of the jobs not shown yet."""
     for r in reqs:
         if not getattr(r, "_predq_announced", False):
             r._predq_announced = True
-            r.send_event("task-received", name=r.name, args=r.argsrepr, kwargs=r.kwargsrepr,
-                         root_id=r.root_id, parent_id=r.parent_id, retries=0, eta=None,
-                         expires=None)
+            r.send_event("task-received", timestamp=getattr(r, "_predq_received_at", started),
+                         **_received_fields(r))
+            r.send_event("task-started", timestamp=started)
+
+
+def _job_event(r: Any, kind: str, started: float | None, **fields: Any) -> None:
+    """One event of a job; the first one Flower gets of it also says what task-received
+    (and, for a job that ran, task-started) would have."""
+    if not getattr(r, "_predq_announced", False):
+        r._predq_announced = True
+        received = getattr(r, "_predq_received_at", None) or started or time.time()
+        if started is None:  # never ran (given back): a real task-received first, so that
+            # Flower's prefetched-tasks gauge, counted from task-received, stays balanced
+            r.send_event("task-received", timestamp=received, **_received_fields(r))
+        else:
+            fields = {**_received_fields(r), "received": received, "started": started,
+                      **fields}
+    r.send_event(kind, **fields)
 
 
 def _send_outcomes(reqs: list[Any], result: dict[str, Any], batch_id: str,
@@ -90,21 +133,25 @@ def _send_outcomes(reqs: list[Any], result: dict[str, Any], batch_id: str,
     """Each request's final task event, from the batch's outcomes.
 
     A duplicate delivery (of a job another delivery runs or ran) sends none: the other
-    delivery's event is the job's state, and Flower must not show it revoked or failed.
+    delivery's event is the job's state, and Flower must not show it revoked or failed
+    (it is announced as received and started, as every delivery is).
     """
     outcomes = result.get("outcomes", {})
     duplicates = set(result.get("duplicates", ()))
+    started = time.time() - runtime
     for pos, r in enumerate(reqs):
         if pos in duplicates:
+            _announce_running([r], started)
             continue
         state, _, error = outcomes.get(r.id, ("FAILURE", 0, "no outcome"))
         if state == "SUCCESS":
-            r.send_event("task-succeeded", result=f"batch {batch_id}", runtime=runtime)
+            _job_event(r, "task-succeeded", started, result=f"batch {batch_id}",
+                       runtime=runtime)
         elif state == "REVOKED":
-            r.send_event("task-revoked", terminated=False, signum=None,
-                         expired=error == "expired")
+            _job_event(r, "task-revoked", started, terminated=False, signum=None,
+                       expired=error == "expired")
         else:
-            r.send_event("task-failed", exception=str(error), traceback="")
+            _job_event(r, "task-failed", started, exception=str(error), traceback="")
 
 
 def ack_all(reqs: list[Any]) -> None:
@@ -414,7 +461,7 @@ class PredictBatches(Batches):
             return False
         req.acknowledged = True
         try:
-            req.send_event("task-rejected", requeue=True)
+            _job_event(req, "task-rejected", None, requeue=True)
         except Exception:
             log.debug("task-rejected event of %s not sent", req.id, exc_info=True)
         return True
@@ -485,12 +532,11 @@ class PredictBatches(Batches):
         def on_accepted(pid: int, time_accepted: float) -> None:
             t_start[0] = time.time()
             # billiard swallows whatever this raises, so a bug here would only hide events.
-            try:
-                for r in reqs:
-                    # No pid=: the event dispatcher adds its own (a duplicate is a TypeError).
-                    r.send_event("task-started")
+            try:  # still running by then: show its jobs in Flower as received and started
+                self._timer.call_after(INFLIGHT_EVENTS_AFTER_S, _announce_running,
+                                       (reqs, t_start[0]))
             except Exception:
-                log.exception("batch %s: could not send task-started events", batch_id)
+                log.exception("batch %s: could not schedule its task events", batch_id)
 
         def landed() -> None:
             for r in reqs:
@@ -529,8 +575,8 @@ class PredictBatches(Batches):
                     if len(reqs) > 1:
                         self.flush([r])
                     else:
-                        r.send_event("task-failed", exception=f"worker lost: {exc!r}",
-                                     traceback="")
+                        _job_event(r, "task-failed", t_start[0],
+                                   exception=f"worker lost: {exc!r}", traceback="")
                         if self._releasable([r]):
                             r.reject(requeue=True)
             finally:
