@@ -1,6 +1,6 @@
 """A/B of the API's cost: two checkouts of predq side by side, the same load, one run.
 
-    .venv/bin/python -m bench.apiab --base /work/wt/base/.venv/bin/python [--rounds 2]
+    .venv/bin/python -m bench.apiab --base /work/wt/base/.venv/bin/python [--new PY] [--rounds 2]
 
 Starts ``predq up`` (auth on, one API key, the rate limiter on with a limit the clients never
 reach, as ``bench.peers`` runs it) once with each interpreter: ``--base`` (another checkout's
@@ -62,15 +62,21 @@ def start(python: str, tmp: Path, model_file: Path, log_level: str, extra_env: d
            "PREDQ_REGISTRY_ROOT": str(registry.root),
            "PREDQ_API_KEYS": json.dumps([key_spec("bench", key).model_dump(mode="json")]),
            "PREDQ_AUTH_ENABLED": "true", "PREDQ_RATE_LIMIT": "1000000/second",
-           "PREDQ_LOG_LEVEL": log_level, **extra_env}
+           "PREDQ_LOG_LEVEL": log_level, "PREDQ_HOME": str(tmp / "home"), **extra_env}
     out = open(tmp / "predq-up.log", "wb")  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen(
         [python, "-m", "predq", "up", "--no-demo", "--port", str(port),
          "--flower-port", str(flower_port)],
         cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    wait_for_url(f"{url}/healthz", timeout=120)
-    wait_for_url(f"http://127.0.0.1:{flower_port}/healthcheck", timeout=120)
+    try:
+        wait_for_url(f"{url}/healthz", timeout=120)
+        wait_for_url(f"http://127.0.0.1:{flower_port}/healthcheck", timeout=120)
+    except TimeoutError:
+        stop(proc)
+        redis.stop()
+        print((tmp / "predq-up.log").read_text()[-3000:], file=sys.stderr)
+        raise
     return proc, redis, url, {"Authorization": f"Bearer {key}"}
 
 
@@ -85,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.apiab", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="the python of the baseline checkout's venv")
+    ap.add_argument("--new", default=sys.executable,
+                    help="the python of the checkout to compare (default: this one)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--duration", type=float, default=12.0)
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     model_file = tmp / "cancer.joblib"
     bodies = tmp / "bodies.json"
     bodies.write_bytes(orjson.dumps(make_bodies(train_model(model_file), args.rows)))
-    variants = {"base": args.base, "new": sys.executable}
+    variants = {"base": args.base, "new": args.new}
     if args.only != "both":
         variants = {args.only: variants[args.only]}
     stacks: dict[str, tuple[Any, ...]] = {}
