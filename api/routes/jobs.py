@@ -167,9 +167,10 @@ def _accepted(job: dict[str, Any], replayed: bool) -> Response:
 
 @router.post("/v1/models/{name}/jobs", status_code=202, response_model=JobAccepted,
              responses=_ERRORS, openapi_extra=_BODY_DOC)
-async def submit_job(name: str, request: Request, state: StateDep, principal: JobsWrite,
+async def submit_job(name: str, request: Request, principal: JobsWrite,
                      idempotency_key: IdemHeader = None) -> Response:
     """Submit a list of inputs; answers 202 with the job's location at once."""
+    state: AppState = request.app.state.predq  # the hot routes skip StateDep's solve
     manifest, parsed, body = await _parse(request, state, name, allow_webhook=True)
     job_id, created, created_at = await state.jobs.submit(
         model=manifest.name, version=manifest.version, parsed=parsed, owner=principal.name,
@@ -185,9 +186,10 @@ async def submit_job(name: str, request: Request, state: StateDep, principal: Jo
              responses={202: {"model": JobAccepted}, **_ERRORS},
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
-async def predict(name: str, request: Request, state: StateDep, principal: JobsWrite,
+async def predict(name: str, request: Request, principal: JobsWrite,
                   wait: WaitQuery = None, idempotency_key: IdemHeader = None) -> Response:
     """Predict synchronously through the same queue; 202 if it takes longer than the wait."""
+    state: AppState = request.app.state.predq
     manifest, parsed, body = await _parse(request, state, name, allow_webhook=False)
     s = state.settings
     timeout = min(s.sync_wait_s if wait is None else wait, s.max_wait_s)
@@ -225,9 +227,10 @@ def _failed_problem(job: dict[str, Any]) -> Response:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=Job, responses=_ERRORS)
-async def get_job(job_id: str, state: StateDep, principal: JobsRead, wait: WaitQuery = None
-                  ) -> Response:
+async def get_job(job_id: str, request: Request, principal: JobsRead,
+                  wait: WaitQuery = None) -> Response:
     """Read a job; ``?wait=S`` holds the request until it ends or S seconds pass."""
+    state: AppState = request.app.state.predq
     owner = owner_filter(principal)
     if wait:
         job = await wait_for(state, job_id, owner, min(wait, state.settings.max_wait_s))
