@@ -36,6 +36,10 @@ _MARK = "_predq_handler"
 
 def redact(text: str) -> str:
     """``text`` with secret-looking substrings masked."""
+    # Each pattern needs one of these substrings: most lines (an access line) have none.
+    if "pq_" not in text and "whsec_" not in text and "://" not in text \
+            and "bearer" not in text.lower():
+        return text
     for pattern, repl in _SECRET_RES:
         text = pattern.sub(repl, text)
     return text
