@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from predq.api.jobstore import AsyncJobs, queue_position
 from predq.api.security.apikeys import ANONYMOUS, KEY_PREFIX, KeyRing, Principal
@@ -91,20 +91,44 @@ def _bad_authorization(header: str | None) -> str:
     return f"the Authorization scheme {shown!r} is not supported: {usage}"
 
 
+#: The OpenAPI security scheme of the keys; predq.api.openapi.document adds it to every
+#: operation whose dependencies include :func:`require` (marked ``AUTH_MARK``).
+SECURITY_SCHEME = {_bearer.scheme_name: _bearer.model.model_dump(
+    mode="json", by_alias=True, exclude_none=True)}
+AUTH_MARK = "_predq_requires_key"
+
+
+def _bearer_key(request: Request) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, as FastAPI's HTTPBearer
+    (auto_error off) reads it; None otherwise."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if not scheme or not key or scheme.lower() != "bearer":
+        return None
+    return key
+
+
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates the caller (before any body is read), counts the
-    request against its key's rate limit (429), and checks scope (403)."""
+    request against its key's rate limit (429), and checks scope (403).
 
-    async def dep(request: Request, state: StateDep,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-                  ) -> Principal:
-        if not state.keyring.enabled:
+    It takes only the request (no sub-dependencies: each costs a dependency solve per
+    request); its OpenAPI security is added by predq.api.openapi.document."""
+
+    async def dep(request: Request) -> Principal:
+        state: AppState = request.app.state.predq
+        keyring = state.keyring
+        if not keyring.enabled:
             await enforce_rate_limit(state.rate_limiter, request, None)  # per client IP
             request.state.principal = ANONYMOUS
             return ANONYMOUS
-        if creds is None or creds.scheme.lower() != "bearer":
+        key = _bearer_key(request)
+        if key is None:
             raise Unauthorized(_bad_authorization(request.headers.get("authorization")))
-        principal = state.keyring.authenticate(creds.credentials)
+        principal = keyring.authenticate(key)
         if principal is None:
             raise Unauthorized("unknown API key")
         request.state.principal = principal  # read by predq.api.problems (what a 404 may say)
@@ -113,6 +137,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
             raise Forbidden(f"this key lacks the {scope!r} scope")
         return principal
 
+    setattr(dep, AUTH_MARK, scope)
     return dep
 
 

@@ -25,5 +25,6 @@ def test_the_wheel_holds_only_the_predq_package(tmp_path: Path) -> None:
     top = {n.split("/", 1)[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"predq"}, top
     for module in ("predq/api/app.py", "predq/worker/app.py", "predq/shared/settings.py",
-                   "predq/shared/jobstore/lua/claim.lua", "predq/client/__init__.py"):
+                   "predq/shared/jobstore/lua/claim.lua", "predq/api/security/lua/ratelimit.lua",
+                   "predq/client/__init__.py"):
         assert module in names, module

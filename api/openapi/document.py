@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from predq.api.deps import AppState
+from predq.api.deps import AUTH_MARK, SECURITY_SCHEME, AppState
 from predq.api.openapi.errors import document_errors
 from predq.shared.jobstore.views import job_links
 from predq.shared.registry.schema import WebhookSpec, example_row
@@ -45,6 +45,7 @@ def install(app: FastAPI) -> None:
             return cache["doc"]  # type: ignore[no-any-return]
         doc = get_openapi(title=app.title, version=app.version, description=app.description,
                           routes=app.routes, webhooks=app.webhooks.routes)
+        _add_security(doc, app)
         components = doc.setdefault("components", {}).setdefault("schemas", {})
         generic: dict[str, Any] = {"type": "object", "required": ["inputs"], "properties": {
             "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"},
@@ -73,6 +74,37 @@ def install(app: FastAPI) -> None:
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _requires_key(dependant: Any) -> bool:
+    """Whether a route's dependencies include predq.api.deps.require (at any depth)."""
+    if getattr(dependant.call, AUTH_MARK, None) is not None:
+        return True
+    return any(_requires_key(d) for d in dependant.dependencies)
+
+
+def _add_security(doc: dict[str, Any], app: FastAPI) -> None:
+    """The bearer-key security of every operation that authenticates (``require`` reads
+    the header itself, so FastAPI cannot see it), as HTTPBearer would have declared it."""
+    from fastapi import routing
+    from fastapi.openapi.utils import _get_api_route_for_openapi
+
+    secured = False
+    # The routes as get_openapi walks them (FastAPI 0.165 keeps included routers nested).
+    for context in routing.iter_route_contexts(app.routes):
+        route = _get_api_route_for_openapi(context)
+        if route is None or not getattr(route, "include_in_schema", False):
+            continue
+        if not _requires_key(route.dependant):
+            continue
+        for method in route.methods:
+            op = doc.get("paths", {}).get(route.path_format, {}).get(method.lower())
+            if op is not None:
+                op["security"] = [{name: []} for name in SECURITY_SCHEME]
+                secured = True
+    if secured:
+        components = doc.setdefault("components", {})
+        components.setdefault("securitySchemes", {}).update(copy.deepcopy(SECURITY_SCHEME))
 
 
 def _add_model_paths(doc: dict[str, Any], schema: Any) -> None:

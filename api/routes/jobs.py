@@ -98,20 +98,32 @@ async def _parse(request: Request, state: AppState, name: str, *, allow_webhook:
     return manifest, parsed, body
 
 
-async def wait_for(state: AppState, job_id: str, owner: str | None, timeout: float
-                   ) -> dict[str, Any]:
-    """The job once it ended or ``timeout`` seconds passed, whichever is first."""
-    async with state.waiters.register(job_id) as ended:
+async def wait_for(state: AppState, job_id: str, owner: str | None, timeout: float,
+                   *, ended: asyncio.Event | None = None) -> dict[str, Any]:
+    """The job once it ended or ``timeout`` seconds passed, whichever is first.
+
+    ``ended``: the event of a registration made before the job was created (the sync
+    predict's): nothing can have ended unseen, so the first read waits for its wake-up (one
+    Redis round trip fewer). Without it, the job is read at once (it may have ended)."""
+    if ended is not None:
+        return await _wait_registered(state, job_id, owner, timeout, ended, None)
+    async with state.waiters.register(job_id) as event:
         job = await state.jobs.read(job_id, owner)
-        deadline = time.monotonic() + timeout
-        while not is_terminal(job) and (left := deadline - time.monotonic()) > 0:
-            try:
-                await asyncio.wait_for(ended.wait(), left)
-            except TimeoutError:
-                break
-            ended.clear()
-            job = await state.jobs.read(job_id, owner)
-    return job
+        return await _wait_registered(state, job_id, owner, timeout, event, job)
+
+
+async def _wait_registered(state: AppState, job_id: str, owner: str | None, timeout: float,
+                           ended: asyncio.Event, job: dict[str, Any] | None
+                           ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (job is None or not is_terminal(job)) and (left := deadline - time.monotonic()) > 0:
+        try:
+            await asyncio.wait_for(ended.wait(), left)
+        except TimeoutError:
+            break
+        ended.clear()
+        job = await state.jobs.read(job_id, owner)
+    return job if job is not None else await state.jobs.read(job_id, owner)
 
 
 def _accepted(job: dict[str, Any], replayed: bool) -> Response:
@@ -129,9 +141,10 @@ def _accepted(job: dict[str, Any], replayed: bool) -> Response:
 
 @router.post("/v1/models/{name}/jobs", status_code=202, response_model=JobAccepted,
              responses=_ERRORS, openapi_extra=_BODY_DOC)
-async def submit_job(name: str, request: Request, state: StateDep, principal: JobsWrite,
+async def submit_job(name: str, request: Request, principal: JobsWrite,
                      idempotency_key: IdemHeader = None) -> Response:
     """Submit a list of inputs; answers 202 with the job's location at once."""
+    state: AppState = request.app.state.predq  # the hot routes skip StateDep's solve
     manifest, parsed, body = await _parse(request, state, name, allow_webhook=True)
     job_id, created, created_at = await state.jobs.submit(
         model=manifest.name, version=manifest.version, parsed=parsed, owner=principal.name,
@@ -147,18 +160,21 @@ async def submit_job(name: str, request: Request, state: StateDep, principal: Jo
              responses={202: {"model": JobAccepted}, **_ERRORS},
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
-async def predict(name: str, request: Request, state: StateDep, principal: JobsWrite,
+async def predict(name: str, request: Request, principal: JobsWrite,
                   wait: WaitQuery = None, idempotency_key: IdemHeader = None) -> Response:
     """Predict synchronously through the same queue; 202 if it takes longer than the wait."""
+    state: AppState = request.app.state.predq
     manifest, parsed, body = await _parse(request, state, name, allow_webhook=False)
     s = state.settings
     timeout = min(s.sync_wait_s if wait is None else wait, s.max_wait_s)
     new_id = str(uuid.uuid4())
-    async with state.waiters.register(new_id):
+    async with state.waiters.register(new_id) as ended:
         job_id, created, _ = await state.jobs.submit(
             model=manifest.name, version=manifest.version, parsed=parsed, owner=principal.name,
             idempotency_key=idempotency_key, fingerprint_of=body, job_id=new_id)
-        job = await wait_for(state, job_id, principal.name, timeout)
+        # A new job was registered for before it existed; a replayed one may have ended.
+        job = await wait_for(state, job_id, principal.name, timeout,
+                             ended=ended if created else None)
     replayed = {} if created else {REPLAYED: "true"}
     if job["status"] == "succeeded":
         head = orjson.dumps({"model": job["model"], "version": job["version"],
@@ -185,9 +201,10 @@ def _failed_problem(job: dict[str, Any]) -> Response:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=Job, responses=_ERRORS)
-async def get_job(job_id: str, state: StateDep, principal: JobsRead, wait: WaitQuery = None
-                  ) -> Response:
+async def get_job(job_id: str, request: Request, principal: JobsRead,
+                  wait: WaitQuery = None) -> Response:
     """Read a job; ``?wait=S`` holds the request until it ends or S seconds pass."""
+    state: AppState = request.app.state.predq
     owner = owner_filter(principal)
     if wait:
         job = await wait_for(state, job_id, owner, min(wait, state.settings.max_wait_s))

@@ -34,15 +34,18 @@ def encode(n_rows: int, columns: Sequence[tuple[str, str, list[Any]]]) -> bytes:
     """
     header: list[list[Any]] = []
     buffers: list[bytes] = []
+    # Every number column in one numpy call (None converts to NaN), one row per column.
+    numbers = [values for _, kind, values in columns if kind == "number"]
+    matrix = iter(np.array(numbers, dtype=np.float64).reshape(len(numbers), n_rows)
+                  if numbers else ())
     for name, kind, values in columns:
         mask: bytes | None = None
-        if kind == "string":
+        if kind == "number":
+            buf = next(matrix).tobytes()
+        elif kind == "string":
             buf = orjson.dumps(values)
         elif not any(v is None for v in values):
             buf = np.array(values, dtype=_DTYPES[kind]).tobytes()
-        elif kind == "number":
-            buf = np.array([np.nan if v is None else v for v in values],
-                           dtype=np.float64).tobytes()
         else:
             buf = np.array([0 if v is None else v for v in values],
                            dtype=_DTYPES[kind]).tobytes()

@@ -30,7 +30,7 @@ import re
 from collections import Counter as Tally
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import overload
+from typing import Any, overload
 
 from prometheus_client import (
     CollectorRegistry,
@@ -268,6 +268,7 @@ class HttpMetrics:
             "predq_http_request_duration_seconds",
             "HTTP request latency (to the last body byte), by method and route template.",
             ("method", "route"), buckets=HTTP_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         if not self.multiprocess():
             from prometheus_client import PlatformCollector, ProcessCollector
 
@@ -280,8 +281,16 @@ class HttpMetrics:
         return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.duration.labels(method, route).observe(seconds)
+        # The labelled children, looked up once per label set (the sets are bounded: route
+        # templates, not paths).
+        key = (method, route, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (self.requests.labels(method, route, str(status)),
+                    self.duration.labels(method, route))
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def render(self) -> bytes:
         """This process's metrics, or, in multiprocess mode, those of all API processes."""
