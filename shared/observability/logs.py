@@ -3,8 +3,6 @@
 :func:`configure_logging` installs one handler on the root logger (stderr), idempotently:
 JSON objects (``PREDQ_LOG_JSON=true``, python-json-logger) or ``key=value`` text. Context goes
 in ``extra=`` (``job_id``, ``batch_id``, ``request_id``, ...), and so becomes JSON fields.
-The API's handler writes lines below WARNING in batches (:class:`BatchingStreamHandler`, at
-most ``API_FLUSH_S`` late); the workers' writes each line at once.
 
 Contract: nothing predq logs contains input rows (unless ``PREDQ_LOG_INPUTS=true``) or
 secrets. As a second line of defence, :class:`RedactSecrets` masks anything shaped like an API
