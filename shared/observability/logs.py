@@ -13,12 +13,9 @@ message and in string extras, before a record is written.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
-import threading
-import time
-from typing import IO, Any
+from typing import Any
 
 from predq.shared.settings import Settings
 
@@ -99,84 +96,6 @@ def _json_formatter(component: str) -> logging.Formatter:
     )
 
 
-#: The API's lines below WARNING (its one access line per request) are written at most this
-#: many seconds late, in one write per batch: see :class:`BatchingStreamHandler`.
-API_FLUSH_S = 0.1
-#: A batch is written at once when it holds this many characters.
-BATCH_CHARS = 64 * 1024
-
-
-class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that writes lines below WARNING in batches.
-
-    One ``write`` per line costs a syscall and a wake-up of the reader (``predq up``'s pump)
-    per request. Here a line waits at most ``flush_s`` seconds (or until ``max_chars`` wait),
-    written by a daemon thread that sleeps while nothing waits; a WARNING or worse writes
-    everything waiting, itself included, at once, and so does ``flush()`` (``logging``
-    calls it at exit). Order is kept. A process killed with SIGKILL loses at most the last
-    ``flush_s`` seconds of lines below WARNING.
-    """
-
-    def __init__(self, stream: IO[str], flush_s: float = API_FLUSH_S,
-                 max_chars: int = BATCH_CHARS) -> None:
-        super().__init__(stream)
-        self.flush_s = flush_s
-        self.max_chars = max_chars
-        self._pending: list[str] = []
-        self._chars = 0
-        self._wake = threading.Event()
-        self._flusher_pid: int | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record) + self.terminator
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
-            return
-        # logging.Handler.handle holds self.lock around emit.
-        self._pending.append(line)
-        self._chars += len(line)
-        if record.levelno >= logging.WARNING or self._chars >= self.max_chars:
-            self._write(record)
-        elif len(self._pending) == 1:
-            if self._flusher_pid != os.getpid():  # first line, or a forked child
-                self._flusher_pid = os.getpid()
-                threading.Thread(target=self._flusher, name="predq-log-flush",
-                                 daemon=True).start()
-            self._wake.set()
-
-    def _write(self, record: logging.LogRecord | None = None) -> None:
-        if not self._pending:
-            return
-        data = "".join(self._pending)
-        self._pending.clear()
-        self._chars = 0
-        try:
-            self.stream.write(data)
-            self.stream.flush()
-        except RecursionError:
-            raise
-        except Exception:
-            if record is not None:
-                self.handleError(record)
-
-    def flush(self) -> None:
-        self.acquire()
-        try:
-            self._write()
-        finally:
-            self.release()
-
-    def _flusher(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            time.sleep(self.flush_s)
-            self.flush()
-
-
 def configure_logging(settings: Settings, component: str) -> None:
     """Route every logger to one stderr handler at ``settings.log_level`` (idempotent).
 
@@ -186,9 +105,7 @@ def configure_logging(settings: Settings, component: str) -> None:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _MARK, False)]:
         root.removeHandler(handler)
-    # The API writes its lines in batches (one access line per request); the others at once.
-    handler = (BatchingStreamHandler(sys.stderr) if component == "api"
-               else logging.StreamHandler(sys.stderr))
+    handler = logging.StreamHandler(sys.stderr)
     setattr(handler, _MARK, True)
     handler.setFormatter(_json_formatter(component) if settings.log_json
                          else TextFormatter(component))
