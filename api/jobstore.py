@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from predq.shared.errors import JobConflict, JobNotFound, QueueFull
 from predq.shared.jobstore.durability import Durability
@@ -74,14 +75,22 @@ class AsyncJobs:
         idem = self.keys.idempotency(owner, idempotency_key) if idempotency_key else None
         if self.durability is not None:  # PREDQ_DURABLE_SUBMIT: a 202 only once on disk
             await self.durability.before_submit()
-        reply = await self.scripts.submit(
-            job_id=job_id, fields=fields,
-            message=predict_message(job_id, model, version, parsed.n_rows, queue),
-            queue=queue, model=model, n_rows=parsed.n_rows,
-            ttl=max(self.settings.max_job_age_s, self.settings.result_ttl_s),
-            idempotency_key=idem, fingerprint=fingerprint,
-            max_queued_rows=self.settings.queue_max_rows,
-        )
+        message = predict_message(job_id, model, version, parsed.n_rows, queue)
+        ttl = max(self.settings.max_job_age_s, self.settings.result_ttl_s)
+
+        async def send() -> Any:
+            return await self.scripts.submit(
+                job_id=job_id, fields=fields, message=message, queue=queue, model=model,
+                n_rows=parsed.n_rows, ttl=ttl, idempotency_key=idem, fingerprint=fingerprint,
+                max_queued_rows=self.settings.queue_max_rows)
+
+        try:
+            reply = await send()
+        except RedisConnectionError:
+            # A pooled connection that Redis closed (it restarted since): once more, on a
+            # fresh one. The script is idempotent on the job id, so if the first call ran
+            # and only its reply was lost, nothing is created or published twice.
+            reply = await send()
         got_id, got_fp = reply[0], reply[1]
         if not got_id:
             queued, drained = int(reply[2]), int(reply[3])

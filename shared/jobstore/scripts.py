@@ -90,6 +90,9 @@ class Scripts(Generic[RedisClient]):
         """Write the job and publish its message, unless the model's queue is full.
 
         Returns ``[job_id, fingerprint]`` or ``['', 'full', queued_rows, drained_rows]``.
+        Idempotent on ``job_id``: a second call with the id of a job that exists writes and
+        publishes nothing and returns ``[job_id, fingerprint]``, so a submit whose reply was
+        lost with its connection can be sent again.
         """
         flat: list[Any] = []
         for k, v in fields.items():

@@ -6,6 +6,9 @@
 -- TTL starts when it ends. The idempotency key lives as long as its job.
 -- Returns {job_id, fingerprint}: the new job's, or the one already created for that key; or
 -- {'', 'full', queued_rows, rows_drained_in_window} when the model's queue is full.
+-- A submit retried after its reply was lost (predq.api.jobstore retries once when Redis
+-- closed the connection) finds its own job: nothing is written or published twice.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {ARGV[1], ARGV[5]} end
 if KEYS[2] ~= '' then
   local prior = redis.call('GET', KEYS[2])
   if prior then
