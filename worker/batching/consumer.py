@@ -49,6 +49,7 @@ from typing import Any
 
 from celery_batches import Batches
 
+from predq.worker.batching import group
 from predq.worker.batching.policy import Action, FlushPolicy
 from predq.worker.batching.strategy import request_factory
 
@@ -417,11 +418,22 @@ class PredictBatches(Batches):
             n_rows = int(req.args[3])
         except (IndexError, TypeError, ValueError):
             n_rows = 1
-        decision = self._policy.add(req, n_rows)
+        policy = self._policy
+        if not policy.holding and group.active():
+            # A fetched group: one arrival. Buffer all of it, flush once at its end.
+            policy.hold()
+            group.at_end(self._end_group)
+        decision = policy.add(req, n_rows)
         if decision.action is Action.FLUSH:
             self._flush_now()
         elif decision.action is Action.ARM:
             self._tref = self._timer.call_after(decision.delay, self._on_timer)
+
+    def _end_group(self) -> None:
+        """The fetched group was delivered (or its delivery raised): flush it if due, once
+        (the policy's take spreads it over the free slots)."""
+        if self._policy.release():
+            self._flush_now()
 
     def _on_timer(self) -> None:
         # max_wait_ms bounds how long a buffered job waits for a *free process* (see
