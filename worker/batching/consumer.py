@@ -16,6 +16,12 @@ module is the Celery-bound adapter around that policy: it feeds it the events (a
 arrived, the Celery timer fired, a batch went to the pool or came back) and acts on its
 answers with Celery's timer and ``pool.apply_async``.
 
+Messages fetched together (:mod:`predq.worker.batching.transport` delivers a fetch of two or
+more inside :func:`predq.worker.batching.group.delivering`) are one arrival: the first of a
+group puts the policy on hold and registers an end callback; each is buffered, and at the
+group's end (also when one of its deliveries raised) the buffer is flushed once, spread over
+the free pool processes. A message delivered alone is flushed at once, as before.
+
 It also closes the other gaps: per-job task events so that Flower shows every job (its
 name, args, state, received/started/final times and runtime: one final event per job that
 carries what task-received and task-started would have said, unless its batch runs longer

@@ -20,9 +20,17 @@ The rule is *adaptive*:
   slot flushes the buffer anyway.
 
 So the batch size follows the load: about (arrival rate x predict time) jobs per call. A
-flush is cut into chunks of at most ``max_jobs`` jobs. Rows are not cut here: a flush that
-reached ``max_rows`` goes out whole (the pool side predicts it in slices of ``max_rows``),
-so the rows cap only decides *when* to flush.
+flush is cut into chunks of at most ``max_jobs`` jobs; when that makes fewer chunks than
+there are free slots, it is spread evenly over the free slots instead (every idle process
+gets a share). Rows are not cut by the cap: a flush that reached ``max_rows`` goes out
+whole or spread (the pool side predicts it in slices of ``max_rows``), so the rows cap only
+decides *when* to flush.
+
+A *hold* (:meth:`FlushPolicy.hold` ... :meth:`FlushPolicy.release`) makes several arrivals
+one: the adapter holds while the transport delivers a fetched group of messages
+(:mod:`predq.worker.batching.group`). What would flush meanwhile only notes that a flush is
+due; the release says so, and the adapter flushes the group once, spread over the free
+slots, instead of sending its first messages out one by one into the idle slots.
 
 The policy also keeps a cost model for the dispatch rule of issue 10 (BentoML's
 ``CorkDispatcher`` fits a batch's cost as ``a * n + b`` and waits while waiting pays): each
