@@ -193,7 +193,7 @@ def test_each_room_imports_only_what_it_may() -> None:
 #: Modules that must import nothing framework-bound (no Celery, kombu, billiard or Redis; not
 #: even another project module): only the standard library. So they run, and are tested,
 #: without a broker or a worker (docs/design.md, "Batching").
-FRAMEWORK_FREE = {"predq.worker.batching.policy"}
+FRAMEWORK_FREE = {"predq.worker.batching.policy", "predq.worker.batching.group"}
 FRAMEWORKS = {"celery", "celery_batches", "kombu", "billiard", "redis"}
 
 

@@ -16,6 +16,12 @@ module is the Celery-bound adapter around that policy: it feeds it the events (a
 arrived, the Celery timer fired, a batch went to the pool or came back) and acts on its
 answers with Celery's timer and ``pool.apply_async``.
 
+Messages fetched together (:mod:`predq.worker.batching.transport` delivers a fetch of two or
+more inside :func:`predq.worker.batching.group.delivering`) are one arrival: the first of a
+group puts the policy on hold and registers an end callback; each is buffered, and at the
+group's end (also when one of its deliveries raised) the buffer is flushed once, spread over
+the free pool processes. A message delivered alone is flushed at once, as before.
+
 It also closes the other gaps: per-job task events so that Flower shows every job (its
 name, args, state, received/started/final times and runtime: one final event per job that
 carries what task-received and task-started would have said, unless its batch runs longer
@@ -49,6 +55,7 @@ from typing import Any
 
 from celery_batches import Batches
 
+from predq.worker.batching import group
 from predq.worker.batching.policy import Action, FlushPolicy
 from predq.worker.batching.strategy import request_factory
 
@@ -417,11 +424,22 @@ class PredictBatches(Batches):
             n_rows = int(req.args[3])
         except (IndexError, TypeError, ValueError):
             n_rows = 1
-        decision = self._policy.add(req, n_rows)
+        policy = self._policy
+        if not policy.holding and group.active():
+            # A fetched group: one arrival. Buffer all of it, flush once at its end.
+            policy.hold()
+            group.at_end(self._end_group)
+        decision = policy.add(req, n_rows)
         if decision.action is Action.FLUSH:
             self._flush_now()
         elif decision.action is Action.ARM:
             self._tref = self._timer.call_after(decision.delay, self._on_timer)
+
+    def _end_group(self) -> None:
+        """The fetched group was delivered (or its delivery raised): flush it if due, once
+        (the policy's take spreads it over the free slots)."""
+        if self._policy.release():
+            self._flush_now()
 
     def _on_timer(self) -> None:
         # max_wait_ms bounds how long a buffered job waits for a *free process* (see

@@ -20,9 +20,17 @@ The rule is *adaptive*:
   slot flushes the buffer anyway.
 
 So the batch size follows the load: about (arrival rate x predict time) jobs per call. A
-flush is cut into chunks of at most ``max_jobs`` jobs. Rows are not cut here: a flush that
-reached ``max_rows`` goes out whole (the pool side predicts it in slices of ``max_rows``),
-so the rows cap only decides *when* to flush.
+flush is cut into chunks of at most ``max_jobs`` jobs; when that makes fewer chunks than
+there are free slots, it is spread evenly over the free slots instead (every idle process
+gets a share). Rows are not cut by the cap: a flush that reached ``max_rows`` goes out
+whole or spread (the pool side predicts it in slices of ``max_rows``), so the rows cap only
+decides *when* to flush.
+
+A *hold* (:meth:`FlushPolicy.hold` ... :meth:`FlushPolicy.release`) makes several arrivals
+one: the adapter holds while the transport delivers a fetched group of messages
+(:mod:`predq.worker.batching.group`). What would flush meanwhile only notes that a flush is
+due; the release says so, and the adapter flushes the group once, spread over the free
+slots, instead of sending its first messages out one by one into the idle slots.
 
 The policy also keeps a cost model for the dispatch rule of issue 10 (BentoML's
 ``CorkDispatcher`` fits a batch's cost as ``a * n + b`` and waits while waiting pays): each
@@ -135,6 +143,10 @@ class FlushPolicy(Generic[T]):
         #: Clock time the oldest buffered request arrived (None when the buffer is empty).
         self.oldest: float | None = None
         self.cost = CostModel(cost_memory)
+        #: Whether arrivals are held (a fetched group being delivered: see :meth:`hold`).
+        self.holding = False
+        #: Whether a flush came due while holding (:meth:`release` reports it).
+        self.due = False
         self._items: list[T] = []
 
     # -- what the adapter asks ------------------------------------------------------
@@ -164,6 +176,9 @@ class FlushPolicy(Generic[T]):
         items.append(item)
         self.rows += n_rows
         if self.busy < self.slots or len(items) >= self.max_jobs or self.rows >= self.max_rows:
+            if self.holding:
+                self.due = True
+                return _WAIT
             return _FLUSH
         if self.deadline is None:
             self.deadline = self.clock() + self.max_wait_s
@@ -173,11 +188,33 @@ class FlushPolicy(Generic[T]):
     def on_timer(self) -> bool:
         """The armed timer fired: whether to flush (only into a free slot; see module)."""
         self.deadline = None
-        return bool(self._items) and self.free
+        return self._due_unless_held(bool(self._items) and self.free)
 
     def on_slot_free(self) -> bool:
         """A slot may have freed up (a batch returned or was given back): whether to flush."""
-        return bool(self._items) and self.free
+        return self._due_unless_held(bool(self._items) and self.free)
+
+    def hold(self) -> None:
+        """Arrivals are one group from now on (a fetch being delivered): buffer them all.
+
+        While holding, an event that would flush (:meth:`add` says ``WAIT`` instead of
+        ``FLUSH``; :meth:`on_timer` and :meth:`on_slot_free` say False) only notes that a
+        flush is due; :meth:`release` says so, and the group goes out in one :meth:`take`.
+        Timers are armed as usual (a busy pool keeps its ``max_wait_s`` bound).
+        """
+        self.holding = True
+
+    def release(self) -> bool:
+        """The group is over: whether to flush now (a flush came due while holding)."""
+        due = self.due and bool(self._items)
+        self.holding = self.due = False
+        return due
+
+    def _due_unless_held(self, flush: bool) -> bool:
+        if flush and self.holding:
+            self.due = True
+            return False
+        return flush
 
     def dispatched(self) -> None:
         """A batch went to the pool: it holds a slot until :meth:`released`."""
@@ -193,10 +230,22 @@ class FlushPolicy(Generic[T]):
 
     # -- handing the buffer over --------------------------------------------------------
     def take(self) -> list[list[T]]:
-        """Empty the buffer (and disarm the timer): the batches to flush, each of at most
-        ``max_jobs`` requests, oldest first."""
+        """Empty the buffer (and disarm the timer): the batches to flush, oldest first.
+
+        Each has at most ``max_jobs`` requests. When that makes fewer batches than there are
+        free slots, the buffer is spread evenly over the free slots instead (a group of N
+        into 2 idle processes: two batches of about N / 2), so that every free process works
+        on it: the predict time of the group is about halved, for one more batch's fixed
+        costs (see ``docs/design.md``, "Batching").
+        """
         items = self.drain()
-        return [items[i:i + self.max_jobs] for i in range(0, len(items), self.max_jobs)]
+        n = len(items)
+        size = self.max_jobs
+        free = self.slots - self.busy
+        if n and 1 < free and -(-n // size) < free:
+            parts = min(free, n)
+            size = -(-n // parts)
+        return [items[i:i + size] for i in range(0, n, size)]
 
     def drain(self) -> list[T]:
         """Empty the buffer (and disarm the timer), returning every request (shutdown)."""

@@ -23,6 +23,12 @@ are then delivered one by one, as kombu delivers them (a delivery whose tag the 
 already recorded skips ``QoS.append``'s Redis pipeline and keeps its local bookkeeping). If a
 delivery raises, the messages fetched after it are given back to their queue at once.
 
+A fetch of two or more messages is delivered inside :func:`predq.worker.batching.group.
+delivering`, so that the micro-batching consumer takes the group as one arrival: it buffers
+the messages as they come and flushes once when the group ends (the end runs in a
+``finally``, also when a delivery raised). A lone message is delivered outside any group and
+flushed at once, as kombu's channel would have it.
+
 The script does not rewrite a message: the ``unacked`` entry is the popped JSON text as it
 was, wrapped in kombu's ``[message, exchange, routing_key]``. A message whose envelope it
 cannot read (no ``properties.delivery_tag`` / ``delivery_info``) is pushed back where it was
@@ -48,6 +54,8 @@ from kombu.transport import redis as kredis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+
+from predq.worker.batching import group
 
 log = logging.getLogger("predq.worker.transport")
 
@@ -229,6 +237,13 @@ class MultiFetch:
         self._deliver_all(qos, fetched)
 
     def _deliver_all(self, qos: Any, fetched: list[tuple[str, Any]]) -> None:
+        if len(fetched) > 1:  # one arrival for the batching policy (see group.py)
+            with group.delivering():
+                self._deliver_each(qos, fetched)
+        else:
+            self._deliver_each(qos, fetched)
+
+    def _deliver_each(self, qos: Any, fetched: list[tuple[str, Any]]) -> None:
         done = 0
         try:
             for queue, payload in fetched:

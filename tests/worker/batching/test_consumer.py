@@ -9,7 +9,10 @@ is pinned exactly:
   refuses does not keep the others unacknowledged, and it is tried again later;
 - the slot such a batch held is free at once: buffered requests go to the pool;
 - after a consumer restart, batches the pool dropped (never called back) no longer count as
-  busy slots, and there is one reaper timer, not one more per restart.
+  busy slots, and there is one reaper timer, not one more per restart;
+- a fetched group (delivered inside ``group.delivering()``) is one arrival: it goes out once
+  at its end, spread over the free slots, also when a delivery raised; a lone message goes
+  out at once.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
+
+from predq.worker.batching import group
 from predq.worker.batching.consumer import PredictBatches
 
 _jobs = itertools.count()
@@ -231,3 +237,58 @@ def test_without_the_reconnect_fix_the_count_would_stay_wrong() -> None:
     dropped = pool.applied[1][1]
     pool.flush()
     assert dropped._job not in pool._cache and not dropped.ready()
+
+
+def _batches(pool: Pool) -> list[list[str]]:
+    return [[p[0] for p in payload] for payload, _ in pool.applied]
+
+
+def test_a_fetched_group_into_two_free_slots_goes_out_once_spread_over_both() -> None:
+    task, pool, timer, start = make(limit=2)
+    handler = start()
+    with group.delivering():
+        for i in range(10):
+            deliver(handler, Req(f"g{i}"))
+        assert pool.applied == [], "a delivery flushed in the middle of its group"
+    assert _batches(pool) == [[f"g{i}" for i in range(5)], [f"g{i}" for i in range(5, 10)]]
+    assert task._inflight == 2 and not task._reqs and not task._policy.holding
+    assert timer.after == []  # no timer armed: the group went out at its end
+    # while both run, the next group is buffered; a freed slot takes it whole
+    with group.delivering():
+        for i in range(3):
+            deliver(handler, Req(f"h{i}"))
+    assert len(pool.applied) == 2 and len(task._reqs) == 3
+    pool.applied[0][1].finish({"outcomes": {}})
+    assert _batches(pool)[2] == ["h0", "h1", "h2"]
+
+
+def test_a_lone_message_goes_out_at_once() -> None:
+    task, pool, timer, start = make(limit=2)
+    handler = start()
+    deliver(handler, Req("lone"))
+    assert _batches(pool) == [["lone"]]
+    deliver(handler, Req("second"))  # the other slot is free: at once too
+    assert _batches(pool) == [["lone"], ["second"]]
+
+
+def test_a_group_larger_than_max_batch_jobs_is_cut_at_it() -> None:
+    task, pool, timer, start = make(limit=2)
+    task.max_batch_jobs = 4
+    handler = start()
+    with group.delivering():
+        for i in range(10):
+            deliver(handler, Req(f"g{i}"))
+    assert [len(b) for b in _batches(pool)] == [4, 4, 2]
+
+
+def test_a_delivery_that_raises_still_ends_the_group() -> None:
+    task, pool, timer, start = make(limit=2)
+    handler = start()
+    with pytest.raises(RuntimeError), group.delivering():
+        deliver(handler, Req("a"))
+        deliver(handler, Req("b"))
+        raise RuntimeError("the third delivery failed")
+    assert _batches(pool) == [["a"], ["b"]]
+    assert not task._reqs and not task._policy.holding and not group.active()
+    deliver(handler, Req("after"))  # no group now: the usual rules (both slots busy)
+    assert len(pool.applied) == 2 and task._reqs

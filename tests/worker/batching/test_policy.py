@@ -187,3 +187,63 @@ def test_the_cost_fit_stays_non_negative() -> None:
     cost.observe(10, 0.5)
     cost.observe(1000, 0.1)  # bigger was faster (a warm cache, say): no negative slope
     assert cost.a == 0.0 and cost.b is not None and cost.b > 0
+
+
+def test_a_hold_buffers_what_would_flush_and_release_says_it_is_due() -> None:
+    policy, _ = make(slots=2, max_jobs=64)
+    policy.hold()
+    assert [policy.add(x, 1).action for x in "abcde"] == [Action.WAIT] * 5
+    assert not policy.armed  # a free slot: no timer, the release flushes
+    assert policy.on_slot_free() is False and policy.on_timer() is False  # held
+    assert policy.release() is True
+    assert not policy.holding and not policy.due
+    # a group into 2 free slots is spread over both
+    assert policy.take() == [["a", "b", "c"], ["d", "e"]]
+
+
+def test_a_release_with_nothing_due_does_not_flush() -> None:
+    policy, clock = make(slots=1)
+    busy(policy)
+    policy.hold()
+    assert policy.add("a", 1) == Decision(Action.ARM, 0.01)  # a busy pool: timer as usual
+    assert policy.add("b", 1).action is Action.WAIT
+    assert policy.release() is False
+    assert policy.pending == ["a", "b"] and policy.armed
+    clock.now += 0.01
+    policy.released()
+    assert policy.on_timer() is True  # after the hold, the rules are the usual ones
+    assert policy.take() == [["a", "b"]]
+    assert policy.release() is False  # not holding, nothing buffered
+
+
+def test_a_release_of_an_emptied_buffer_does_not_flush() -> None:
+    policy, _ = make(slots=2)
+    policy.hold()
+    policy.add("a", 1)
+    policy.drain()  # shutdown returned it meanwhile
+    assert policy.release() is False
+
+
+def test_a_caps_flush_while_holding_is_due_at_release_and_cut_at_max_jobs() -> None:
+    policy, _ = make(slots=2, max_jobs=3)
+    busy(policy)
+    policy.hold()
+    assert [policy.add(x, 1).action for x in "abcdefg"] == [Action.ARM] + [Action.WAIT] * 6
+    assert policy.release() is True
+    assert policy.take() == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
+
+
+def test_take_spreads_over_the_free_slots_only_when_max_jobs_makes_fewer_batches() -> None:
+    policy, _ = make(slots=2, max_jobs=4)
+    for x in "ab":
+        policy.add(x, 1)
+    assert policy.take() == [["a"], ["b"]]
+    for x in "abcdefghij":  # 3 chunks of max_jobs >= 2 free slots: the usual cut
+        policy.add(x, 1)
+    assert [len(c) for c in policy.take()] == [4, 4, 2]
+    policy.dispatched()  # one free slot: no spread
+    for x in "abc":
+        policy.add(x, 1)
+    assert policy.take() == [["a", "b", "c"]]
+    policy.released()
+    assert policy.take() == []

@@ -20,7 +20,7 @@ from kombu import Connection, Consumer, Producer, Queue
 
 from predq.redis_server import RedisServer
 from predq.shared.jobstore.messages import predict_message
-from predq.worker.batching import transport
+from predq.worker.batching import group, transport
 
 OURS = "predq.worker.batching.transport:Transport"
 STOCK = "redis"
@@ -280,6 +280,78 @@ def test_a_delivery_that_raises_gives_the_rest_back_at_once(server: RedisServer,
             taker.conn.drain_events(timeout=1)
         assert taker.drain() == ids[:3] + ids[3:]  # the rest, again, in their order
         assert client.llen(q) == 0
+    finally:
+        taker.close()
+
+
+class GroupWatch:
+    """What each delivery saw of the fetched group, and when the group ended."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.log: list[str] = []
+        self.fail_on = fail_on
+
+    def __call__(self, message: Any) -> None:
+        job = message.headers["id"]
+        if group.active():
+            if not any(e.startswith("in ") for e in self.log[self._since():]):
+                group.at_end(lambda: self.log.append("end"))
+            self.log.append(f"in {job}")
+        else:
+            self.log.append(f"alone {job}")
+        if job == self.fail_on:
+            raise RuntimeError("boom")
+
+    def _since(self) -> int:
+        ends = [i for i, e in enumerate(self.log) if e == "end"]
+        return ends[-1] + 1 if ends else 0
+
+
+def test_a_fetched_group_is_delivered_inside_one_group_that_ends_after_it(
+        server: RedisServer, client: redis.Redis) -> None:
+    q = _queue()
+    ids = _push(client, q, 4)
+    watch = GroupWatch()
+    taker = Taker(server.url, OURS, [q], on_message=watch)
+    try:
+        assert taker.drain() == ids
+        assert watch.log == [f"in {i}" for i in ids] + ["end"]
+        assert not group.active()
+        _push(client, q, 1, start=10)  # a lone message: no group
+        taker.drain()
+        assert watch.log[-1] == "alone job10"
+    finally:
+        taker.close()
+
+
+def test_a_delivery_that_raises_still_ends_its_group(server: RedisServer,
+                                                    client: redis.Redis) -> None:
+    q = _queue()
+    ids = _push(client, q, 5)
+    watch = GroupWatch(fail_on="job1")
+    taker = Taker(server.url, OURS, [q], on_message=watch)
+    try:
+        with pytest.raises(RuntimeError):
+            taker.conn.drain_events(timeout=1)
+        assert watch.log == ["in job0", "in job1", "end"] and not group.active()
+        watch.fail_on = None
+        assert taker.drain() == ids[:2] + ids[2:]  # the rest came back, again one group
+        assert watch.log[3:] == ["in job2", "in job3", "in job4", "end"]
+    finally:
+        taker.close()
+
+
+@pytest.mark.parametrize("kind,fetch_max", [(STOCK, 64), (OURS, 1)])
+def test_without_the_fetch_messages_are_delivered_alone(server: RedisServer,
+                                                       client: redis.Redis, kind: str,
+                                                       fetch_max: int) -> None:
+    q = _queue()
+    ids = _push(client, q, 3)
+    watch = GroupWatch()
+    taker = Taker(server.url, kind, [q], on_message=watch, fetch_max=fetch_max)
+    try:
+        assert taker.drain(rounds=5) == ids
+        assert watch.log == [f"alone {i}" for i in ids]
     finally:
         taker.close()
 
