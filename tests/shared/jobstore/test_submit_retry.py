@@ -58,9 +58,11 @@ def test_the_api_submit_survives_a_pooled_connection_closed_by_redis(
         first, _, _ = await jobs.submit(model="m", version="1", parsed=parsed, owner="t",
                                           idempotency_key=None, fingerprint_of=b"{}")
         ids.append(first)
-        # Redis drops every client connection, as a restart does; the pool still holds its
-        # connection, and the next command on it finds the socket closed.
-        admin.client_kill_filter(_type="normal", skipme=True)
+        # Redis drops the pool's connection, as a restart does (only that one: the session's
+        # redis-server serves other tests' clients); the pool still holds it, and the next
+        # command on it finds the socket closed.
+        conn_id = await client.client_id()  # the pool's one idle connection
+        admin.client_kill_filter(_id=conn_id)
         second, created, _ = await jobs.submit(model="m", version="1", parsed=parsed,
                                                owner="t", idempotency_key=None,
                                                fingerprint_of=b"{}")
